@@ -1,0 +1,105 @@
+"""The one place that imports MLX, lazily; and a hook that runs code when ``mlx.core`` loads.
+
+Importing the plugin must not import MLX: suites that never touch MLX pay nothing, and library
+code decorated with ``@mx.compile`` at import time must see our patched ``mx.compile``. So the
+patch is applied by an import hook the moment ``mlx.core`` finishes loading, or at once if it is
+already loaded.
+"""
+
+from __future__ import annotations
+
+import importlib.abc
+import importlib.machinery
+import sys
+from collections.abc import Callable, Sequence
+from types import ModuleType
+from typing import Any
+
+__all__ = ["MLX_CORE", "core", "is_loaded", "on_load"]
+
+MLX_CORE = "mlx.core"
+
+
+def is_loaded() -> bool:
+    return MLX_CORE in sys.modules
+
+
+def core() -> Any:
+    """``mlx.core``, imported on first use. Typed ``Any``: MLX's stubs are not mypy-strict clean."""
+    import mlx.core
+
+    return mlx.core
+
+
+class _Loader(importlib.abc.Loader):
+    def __init__(self, inner: importlib.abc.Loader, then: Callable[[ModuleType], None]) -> None:
+        self._inner = inner
+        self._then = then
+
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> ModuleType | None:
+        return self._inner.create_module(spec)
+
+    def exec_module(self, module: ModuleType) -> None:
+        self._inner.exec_module(module)
+        self._then(module)
+
+
+class _Finder(importlib.abc.MetaPathFinder):
+    """Wraps the loader of ``mlx.core`` so ``then`` runs right after the module executes."""
+
+    def __init__(self, then: Callable[[ModuleType], None]) -> None:
+        self._then = then
+        self._busy = False
+
+    def find_spec(
+        self,
+        fullname: str,
+        path: Sequence[str] | None,
+        target: ModuleType | None = None,
+    ) -> importlib.machinery.ModuleSpec | None:
+        if fullname != MLX_CORE or self._busy:
+            return None
+        self._busy = True  # find the real spec through the rest of sys.meta_path
+        try:
+            spec = importlib.machinery.PathFinder.find_spec(fullname, path, target)
+        finally:
+            self._busy = False
+        if spec is None or spec.loader is None:
+            return None
+        spec.loader = _Loader(spec.loader, self._then)
+        return spec
+
+
+def on_load(then: Callable[[ModuleType], None]) -> Callable[[], None]:
+    """Call ``then(mlx.core)`` now if loaded, else right after it loads. Returns an undo."""
+    if is_loaded():
+        then(sys.modules[MLX_CORE])
+        return lambda: None
+    finder = _Finder(then)
+    sys.meta_path.insert(0, finder)
+
+    def undo() -> None:
+        if finder in sys.meta_path:
+            sys.meta_path.remove(finder)
+
+    return undo
+
+
+def random_key_list() -> list[Any]:
+    """The calling thread's RNG key list, ``[key]``, behind the ``mx.random.state`` sentinel.
+
+    Since mlx 0.32, ``mx.random.state`` is a read-only sentinel; compile's tree code resolves it
+    to the thread's key list. Iterating it iterates that list, and a list iterator's
+    ``__reduce__`` hands back the list, which is how we snapshot and restore the key exactly.
+    """
+    state = core().random.state
+    if isinstance(state, list):
+        return state
+    reduced = iter(state).__reduce__()
+    target = reduced[1][0] if isinstance(reduced, tuple) and len(reduced) > 1 else None
+    if not isinstance(target, list):  # pragma: no cover - a future MLX layout
+        raise RuntimeError(
+            "pytest-mlxcompile cannot reach the key list behind mx.random.state in this MLX "
+            f"version ({core().__version__}); please report it"
+        )
+    return target

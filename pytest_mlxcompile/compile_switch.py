@@ -1,0 +1,112 @@
+"""Whether ``mx.compile`` really compiles in this process, and why not.
+
+MLX can switch compile off silently (reference/mlx-compile-probe.md §8, §10):
+``MLX_DISABLE_COMPILE`` set to any value, ``mx.disable_compile()`` (a process-global with no
+getter), or no ``g++`` on PATH for the CPU backend's JIT. Then the Python body runs on every call
+and a "compiled" variant proves nothing. The truth comes from a probe (trace a fresh function
+twice); the patched ``enable_compile``/``disable_compile`` tell us who flipped the switch and let us put it back.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from pytest_mlxcompile import _mlx
+
+__all__ = ["CompileSwitch"]
+
+
+def _caller_site() -> str:
+    frame = sys._getframe(2)
+    return f"{os.path.relpath(frame.f_code.co_filename)}:{frame.f_lineno}"
+
+
+class CompileSwitch:
+    def __init__(
+        self,
+        real_compile: Callable[..., Any],
+        real_enable: Callable[[], None],
+        real_disable: Callable[[], None],
+    ) -> None:
+        self._real_compile = real_compile
+        self._real_enable = real_enable
+        self._real_disable = real_disable
+        #: ``False`` after a ``mx.disable_compile()`` seen by us, ``True`` after enable.
+        self.switched_on: bool | None = None
+        self.switched_at: str = ""
+        self.touched = False
+        self._baseline: bool | None = None
+
+    # the patched mx.enable_compile / mx.disable_compile
+    def enable(self) -> None:
+        self.baseline_on()
+        self._real_enable()
+        self.switched_on, self.switched_at, self.touched = True, _caller_site(), True
+
+    def disable(self) -> None:
+        self.baseline_on()
+        self._real_disable()
+        self.switched_on, self.switched_at, self.touched = False, _caller_site(), True
+
+    def probe(self) -> bool:
+        """True when a fresh compiled function runs its body once for two calls."""
+        mx = _mlx.core()
+        runs = [0]
+
+        def body(x: Any) -> Any:
+            runs[0] += 1
+            return x * 2
+
+        compiled = self._real_compile(body)
+        x = mx.ones((2,))  # not 0-d: a 0-d `x + 1` retraces on every call in mlx 0.32.4
+        mx.eval(compiled(x))
+        mx.eval(compiled(x))
+        return runs[0] == 1
+
+    def baseline_on(self) -> bool:
+        """Whether compile worked before any test flipped the switch (probed once)."""
+        if self._baseline is None:
+            self._baseline = self.probe()
+        return self._baseline
+
+    def off_reason(self) -> str | None:
+        """None when compile works; else what turned it off and how to fix it."""
+        if self.switched_on is False:
+            return (
+                f"mx.disable_compile() was called at {self.switched_at}. Fix: call "
+                "mx.enable_compile() before compiled code runs, or limit that test to "
+                "@pytest.mark.compiled(modes=['eager'])"
+            )
+        if self.probe():
+            return None
+        flag = os.environ.get("MLX_DISABLE_COMPILE")
+        if flag is not None:
+            return (
+                f"the environment variable MLX_DISABLE_COMPILE is set (to {flag!r}; MLX treats "
+                "any value, even 0, as off). Fix: unset it, or run only --mlx-modes=eager"
+            )
+        mx = _mlx.core()
+        if mx.default_device() == mx.cpu and shutil.which("g++") is None:
+            return (
+                "the CPU backend JIT-compiles fused kernels with g++ and there is no g++ on PATH, "
+                "so MLX skips compilation. Fix: install g++ (Debian/Ubuntu: apt-get install g++) "
+                "or put it on PATH before MLX is imported"
+            )
+        return (
+            "mx.disable_compile() is in effect (it was called before the plugin could see it). "
+            "Fix: call mx.enable_compile() before the tests run"
+        )
+
+    def restore(self) -> None:
+        """Undo a test's enable/disable so the next test sees the session's switch."""
+        if not self.touched:
+            return
+        if self._baseline is False:
+            self._real_disable()
+        else:
+            self._real_enable()
+        self.switched_on, self.touched = None, False

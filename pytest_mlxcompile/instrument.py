@@ -1,0 +1,514 @@
+"""The patched ``mx.compile`` and the per-call path: dispatch by mode, fresh caches, trace counts,
+shadow-eager parity.
+
+Facts this rests on (reference/mlx-compile-probe.md §1): the Python body runs once per trace and
+never on a cache hit, so a counting wrapper counts traces exactly; MLX keys its cache by the
+identity of the callable handed to ``mx.compile`` and shares entries between compiles of the same
+object, so every (test variant, function) pair compiles a fresh wrapper object and keeps it alive
+until the test ends.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from pytest_mlxcompile import _mlx
+from pytest_mlxcompile.compile_switch import CompileSwitch
+from pytest_mlxcompile.errors import CompileDisabledError, ParityError
+from pytest_mlxcompile.modes import Mode
+from pytest_mlxcompile.parity import Mismatch, Tolerance, compare_snapshots
+from pytest_mlxcompile.state import capture, restore, structure
+
+__all__ = [
+    "CompileDisabledError",
+    "FunctionRecord",
+    "InstrumentedFunction",
+    "Observer",
+    "VariantRun",
+    "active_run",
+    "install",
+    "installed",
+    "uninstall",
+]
+
+#: Transformations that call the user's function while MLX is tracing it. Calls made inside
+#: them must not evaluate anything (eval raises inside vmap and compile), so they are marked.
+_TRANSFORMS = ("grad", "value_and_grad", "vjp", "jvp", "vmap", "checkpoint")
+
+
+class _CallDepth(threading.local):
+    #: >0 inside an instrumented call, its eager shadow, or a transformation: nested calls run
+    #: without checks, because only the outermost call may evaluate.
+    depth = 0
+    #: True inside the eager shadow: nested instrumented calls run the plain Python function.
+    eager = False
+
+
+_tls = _CallDepth()
+
+
+class Patches:
+    """The originals we replaced in ``mlx.core``, to call through and to put back."""
+
+    def __init__(self, mx: Any) -> None:
+        self.mx = mx
+        self.originals: dict[str, Any] = {
+            name: getattr(mx, name)
+            for name in ("compile", "enable_compile", "disable_compile", *_TRANSFORMS)
+            if hasattr(mx, name)
+        }
+        self.compile: Callable[..., Any] = self.originals["compile"]
+        self.switch = CompileSwitch(
+            self.compile, self.originals["enable_compile"], self.originals["disable_compile"]
+        )
+
+
+_patches: Patches | None = None
+_active: VariantRun | None = None
+
+
+def installed() -> Patches | None:
+    return _patches
+
+
+def active_run() -> VariantRun | None:
+    return _active
+
+
+def install(mx: Any) -> None:
+    """Replace ``mx.compile`` (and friends) in the loaded ``mlx.core``. Idempotent."""
+    global _patches
+    if _patches is not None:
+        return
+    patches = Patches(mx)
+    _patches = patches
+    mx.compile = instrumented_compile
+    mx.enable_compile = patches.switch.enable
+    mx.disable_compile = patches.switch.disable
+    for name in _TRANSFORMS:
+        if name in patches.originals:
+            setattr(mx, name, _marking_transform(patches.originals[name]))
+
+
+def uninstall() -> None:
+    global _patches
+    if _patches is None:
+        return
+    for name, original in _patches.originals.items():
+        setattr(_patches.mx, name, original)
+    _patches = None
+
+
+def _marking_transform(transform: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(transform)
+    def patched(fun: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        def inside(*a: Any, **k: Any) -> Any:
+            _tls.depth += 1
+            try:
+                return fun(*a, **k)
+            finally:
+                _tls.depth -= 1
+
+        return transform(inside, *args, **kwargs)
+
+    return patched
+
+
+def instrumented_compile(
+    fun: Callable[..., Any],
+    inputs: object | None = None,
+    outputs: object | None = None,
+    shapeless: bool = False,
+) -> Callable[..., Any]:
+    """Drop-in for ``mx.compile``: returns a function that follows the current test variant."""
+    assert _patches is not None, "pytest-mlxcompile: instrumented_compile called while uninstalled"
+    # MLX's own compiled helpers (mlx.nn activations) are not the user's code under test.
+    if sys._getframe(1).f_globals.get("__name__", "").startswith("mlx."):
+        return _patches.compile(fun, inputs, outputs, shapeless)  # type: ignore[no-any-return]
+    return InstrumentedFunction(fun, inputs, outputs, shapeless, _patches.compile)
+
+
+def describe(fun: object) -> tuple[str, str]:
+    """A user's name for a callable and where its code is (``file:line``)."""
+    target = fun
+    for _ in range(8):
+        if isinstance(target, functools.partial):
+            target = target.func
+        elif isinstance(target, InstrumentedFunction):
+            target = target.fun
+        elif getattr(target, "__func__", None) is not None:
+            target = target.__func__  # type: ignore[attr-defined]
+        else:
+            break
+    code = getattr(target, "__code__", None)
+    if code is not None:
+        name = getattr(target, "__qualname__", None) or getattr(target, "__name__", "<function>")
+    else:
+        name = type(target).__name__
+        code = getattr(vars(type(target)).get("__call__"), "__code__", None)
+        for klass in type(target).__mro__:
+            if code is None:
+                code = getattr(vars(klass).get("__call__"), "__code__", None)
+    if code is None:
+        return str(name), "<unknown>"
+    filename = code.co_filename
+    try:
+        rel = os.path.relpath(filename)
+        if not rel.startswith(".."):
+            filename = rel
+    except ValueError:  # another drive on Windows
+        pass
+    return str(name), f"{filename}:{code.co_firstlineno}"
+
+
+class InstrumentedFunction:
+    """What the patched ``mx.compile`` returns.
+
+    Outside a test variant it is the plain compiled function (one attribute read of overhead);
+    inside one it routes every call through the variant's :class:`VariantRun`.
+    """
+
+    def __init__(
+        self,
+        fun: Callable[..., Any],
+        inputs: object | None,
+        outputs: object | None,
+        shapeless: bool,
+        real_compile: Callable[..., Any],
+    ) -> None:
+        self._plain = real_compile(fun, inputs, outputs, shapeless)
+        self.fun = fun
+        self.inputs = inputs
+        self.outputs = outputs
+        self.shapeless = bool(shapeless)
+        self.name, self.where = describe(fun)
+        self.__wrapped__ = fun
+        self.__doc__ = getattr(fun, "__doc__", None)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        run = _active
+        if run is None:
+            return self._plain(*args, **kwargs)
+        __tracebackhide__ = True
+        return run.call(self, args, kwargs)
+
+    def __repr__(self) -> str:
+        return f"<mx.compile'd {self.name} at {self.where} (instrumented by pytest-mlxcompile)>"
+
+    def state_roots(self) -> list[tuple[str, object]]:
+        """Declared state and the global RNG key: what a call may change, by name."""
+        roots: list[tuple[str, object]] = []
+        if self.inputs is not None:
+            roots.append(("inputs", self.inputs))
+        if self.outputs is not None and self.outputs is not self.inputs:
+            roots.append(("outputs", self.outputs))
+        roots.append(("mx.random.state", _mlx.random_key_list()))
+        return roots
+
+
+class Observer:
+    """Extension point: a check that watches every instrumented call of a test variant.
+
+    Methods are no-ops here; override what you need. ``trace_*`` run inside MLX's trace (the
+    arguments are tracers: read shapes and dtypes, never evaluate); the others run after the
+    outermost call returned, where evaluating is allowed.
+    """
+
+    def trace_started(
+        self, record: FunctionRecord, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> None:
+        """The function's body is about to run for a (re)trace."""
+
+    def trace_finished(
+        self, record: FunctionRecord, args: tuple[Any, ...], kwargs: dict[str, Any], out: object
+    ) -> None:
+        """The body returned during a trace."""
+
+    def before_call(
+        self, record: FunctionRecord, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> None:
+        """An outermost call in a compiled mode is about to run."""
+
+    def after_call(
+        self,
+        record: FunctionRecord,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        out: object,
+        traced: bool,
+    ) -> None:
+        """An outermost call in a compiled mode returned (after parity passed)."""
+
+    def finish(self, run: VariantRun) -> None:
+        """The test variant is over (pass or fail)."""
+
+
+class FunctionRecord:
+    """One instrumented function inside one test variant: its fresh compiled wrapper and counts."""
+
+    def __init__(self, fn: InstrumentedFunction, run: VariantRun) -> None:
+        self.fn = fn
+        self.run = run
+        #: outermost calls made by the test
+        self.calls = 0
+        #: times the Python body ran: traces in compiled modes, every call in eager mode
+        self.traces = 0
+        self.parity_checks = 0
+        #: calls not checked because they created new declared state (see _shadow_check)
+        self.parity_skipped = 0
+        self._check_next = False
+        self.body = self._make_body()
+        self.compiled: Callable[..., Any] | None
+        if run.mode is Mode.EAGER:
+            self.compiled = None
+        else:
+            assert _patches is not None
+            self.compiled = _patches.compile(
+                self.body,
+                fn.inputs,
+                fn.outputs,
+                fn.shapeless or run.mode is Mode.SHAPELESS,
+            )
+
+    def _make_body(self) -> Callable[..., Any]:
+        # A new function object per record: a fresh MLX cache entry per (variant, function).
+        fun = self.fn.fun
+        observers = self.run.observers
+        record = self
+
+        if self.run.mode is Mode.EAGER or not observers:
+
+            def body(*args: Any, **kwargs: Any) -> Any:
+                record.traces += 1
+                return fun(*args, **kwargs)
+
+            return body
+
+        def observed_body(*args: Any, **kwargs: Any) -> Any:
+            record.traces += 1
+            for observer in observers:
+                observer.trace_started(record, args, kwargs)
+            out = fun(*args, **kwargs)
+            for observer in observers:
+                observer.trace_finished(record, args, kwargs, out)
+            return out
+
+        return observed_body
+
+    def run_mode(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """Call in this variant's mode, with no checks (nested and transformed calls)."""
+        if self.compiled is None:
+            return self.body(*args, **kwargs)
+        return self.compiled(*args, **kwargs)
+
+
+class VariantRun:
+    """Everything instrumented calls need during one test variant, active between start/stop."""
+
+    def __init__(
+        self,
+        mode: Mode,
+        *,
+        label: str,
+        parity: str = "all",
+        tolerance: Tolerance | None = None,
+        observers: Sequence[Observer] = (),
+    ) -> None:
+        self.mode = mode
+        self.label = label
+        self.parity = parity
+        self.tolerance = tolerance or Tolerance()
+        self.observers: tuple[Observer, ...] = tuple(observers)
+        self.records: dict[InstrumentedFunction, FunctionRecord] = {}
+
+    # lifecycle -------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Make this the active variant; compiled modes first check that compile is really on."""
+        global _active
+        _active = self
+        if self.mode.compiles:
+            assert _patches is not None
+            reason = _patches.switch.off_reason()
+            if reason is not None:
+                raise CompileDisabledError(
+                    f"mx.compile is switched off, so the [{self.mode}] variant would run eagerly "
+                    f"and prove nothing: {reason}"
+                )
+
+    def stop(self) -> None:
+        """Deactivate and drop the compiled wrappers (their MLX cache entries go with them)."""
+        global _active
+        if _active is self:
+            _active = None
+        try:
+            for observer in self.observers:
+                observer.finish(self)
+        finally:
+            for record in self.records.values():
+                record.compiled = None
+
+    # the per-call path -----------------------------------------------------------------------
+    def call(self, fn: InstrumentedFunction, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        __tracebackhide__ = True
+        record = self.records.get(fn)
+        if record is None:
+            record = self.records[fn] = FunctionRecord(fn, self)
+        tls = _tls
+        if tls.depth:
+            if tls.eager:
+                return fn.fun(*args, **kwargs)
+            return record.run_mode(args, kwargs)
+        record.calls += 1
+        if self.mode is Mode.EAGER:
+            tls.depth += 1
+            try:
+                return record.body(*args, **kwargs)
+            finally:
+                tls.depth -= 1
+        return self._checked_call(record, args, kwargs)
+
+    def _checked_call(
+        self, record: FunctionRecord, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        __tracebackhide__ = True
+        assert _patches is not None
+        assert record.compiled is not None
+        switch = _patches.switch
+        if switch.switched_on is False:
+            raise CompileDisabledError(
+                f"{record.fn.name} [{self.mode}] call {record.calls}: mx.compile was switched off "
+                f"by mx.disable_compile() at {switch.switched_at}, so this call would run eagerly."
+                " Fix: call mx.enable_compile() again before calling compiled code"
+            )
+        for observer in self.observers:
+            observer.before_call(record, args, kwargs)
+        check = self.parity != "off"
+        roots = record.fn.state_roots() if check or self.mode is Mode.SHAPELESS else []
+        before = [(name, capture(tree)) for name, tree in roots]
+        traces_before = record.traces
+        tls = _tls
+        tls.depth += 1
+        try:
+            out = record.compiled(*args, **kwargs)
+        except BaseException as exc:
+            # A failed trace leaves tracers in declared inputs (MLX restores them only on success).
+            for _, snap in before:
+                restore(snap)
+            if (
+                self.mode is Mode.SHAPELESS
+                and not record.fn.shapeless
+                and isinstance(exc, ValueError)
+                and "cannot infer output shapes" in str(exc)
+            ):
+                _skip_not_shapeless(record, exc)
+            raise
+        finally:
+            tls.depth -= 1
+        traced = record.traces != traces_before
+        if check and (self.parity == "all" or traced or record._check_next):
+            self._shadow_check(record, args, kwargs, out, before, traced)
+        for observer in self.observers:
+            observer.after_call(record, args, kwargs, out, traced)
+        return out
+
+    def _shadow_check(
+        self,
+        record: FunctionRecord,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        out: object,
+        before: list[tuple[str, object]],
+        traced: bool,
+    ) -> None:
+        """Run the plain function on the same inputs and state, and compare with ``out``.
+
+        The compiled call runs first: it is the call the test sees, its exception is the one
+        raised, and ``parity=first`` knows whether it traced without predicting MLX's cache.
+        Declared state is put back to what it was before the call for the eager run, then to
+        the compiled result, so the test continues from the compiled state.
+        """
+        __tracebackhide__ = True
+        after = [(name, capture(tree)) for name, tree in record.fn.state_roots()]
+        if any(structure(a) != structure(b) for (_, a), (_, b) in zip(before, after, strict=True)):
+            # The call created state (an optimizer's first update adds its moments and flips
+            # Python flags we cannot see), so the eager run cannot start from the same point.
+            # Check the next call instead.
+            record.parity_skipped += 1
+            record._check_next = True
+            return
+        record._check_next = False
+        record.parity_checks += 1
+        for _, snap in before:
+            restore(snap)
+        tls = _tls
+        tls.depth += 1
+        tls.eager = True
+        try:
+            expected = record.fn.fun(*args, **kwargs)
+        except Exception as exc:
+            for _, snap in after:
+                restore(snap)
+            raise ParityError(
+                f"{record.fn.name} [{self.mode}] call {record.calls}: the compiled call returned "
+                f"but the eager reference raised {type(exc).__name__}: {exc}\n"
+                f"  {record.fn.name} is defined at {record.fn.where}"
+            ) from exc
+        finally:
+            tls.depth -= 1
+            tls.eager = False
+        eager_after = [(name, capture(tree)) for name, tree in record.fn.state_roots()]
+        for _, snap in after:
+            restore(snap)
+        mismatch = compare_snapshots(capture(expected), capture(out), "out", self.tolerance)
+        if mismatch is None:
+            for (name, want), (_, got) in zip(eager_after, after, strict=True):
+                mismatch = compare_snapshots(want, got, name, self.tolerance)
+                if mismatch is not None:
+                    break
+        if mismatch is not None:
+            raise ParityError(self._parity_message(record, mismatch, traced))
+
+    def _parity_message(self, record: FunctionRecord, mismatch: Mismatch, traced: bool) -> str:
+        fn = record.fn
+        lines = [
+            f"{fn.name} [{self.mode}] call {record.calls} differs from eager at {mismatch.path}",
+            f"  {mismatch.summary}",
+            *(f"  {detail}" for detail in mismatch.details),
+            f"  where: {fn.name} defined at {fn.where}; "
+            f"traced {record.traces} time(s) in this test"
+            + ("" if traced else "; this call reused the graph"),
+        ]
+        if traced:
+            lines += [
+                "  why: the freshly traced graph computes something other than the Python "
+                "function on the same inputs",
+                "  fix: if this is rounding from fused kernels, widen the tolerance with "
+                "@pytest.mark.compiled(rtol=..., atol=...) or --mlx-rtol/--mlx-atol; if the "
+                "function reads shapes or Python values, see docs/pitfalls.md",
+            ]
+        else:
+            lines += [
+                "  why: the graph froze, at trace time, something that is not an argument or "
+                "declared state (a global or closure array, an attribute, a Python number, or "
+                "the random state), and it has changed since",
+                "  fix: pass it as an argument, or declare it with mx.compile(..., inputs=..., "
+                "outputs=...); for random numbers capture mx.random.state in both",
+            ]
+        return "\n".join(lines)
+
+
+def _skip_not_shapeless(record: FunctionRecord, exc: BaseException) -> None:
+    __tracebackhide__ = True  # the skip's location is then the user's call
+    import pytest
+
+    first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    pytest.skip(
+        f"{record.fn.name} ({record.fn.where}) is not shapeless-capable: {first_line} "
+        "It is not declared shapeless=True, so MLX never compiles it shapeless outside this "
+        "variant."
+    )

@@ -1,0 +1,62 @@
+"""MLX's process-global state around each test: captured before, put back after, pass or fail.
+
+What a test (or a compiled function it calls) can leave behind: the compile switch
+(``mx.disable_compile`` is process-global and unreadable, probe §10), the default device and
+stream, and placeholders in the global RNG key (``inputs=mx.random.state`` without ``outputs=``
+poisons it until the next seed, probe §5).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from pytest_mlxcompile import _mlx, instrument
+
+__all__ = ["GlobalState"]
+
+
+def is_placeholder(array: Any) -> bool:
+    """True for an array from a compile trace that escaped it (probe §2: eval is the only test)."""
+    try:
+        _mlx.core().eval(array)
+    except RuntimeError as exc:
+        return "without a primitive" in str(exc)
+    return False
+
+
+@dataclass
+class GlobalState:
+    device: Any
+    stream: Any
+    random_key: Any
+
+    @classmethod
+    def capture(cls) -> GlobalState | None:
+        """None when MLX is not loaded: then there is nothing a test could have changed."""
+        if not _mlx.is_loaded():
+            return None
+        mx = _mlx.core()
+        device = mx.default_device()
+        return cls(device, mx.default_stream(device), _mlx.random_key_list()[0])
+
+    def restore(self) -> list[str]:
+        """Put the state back; returns what had to be repaired that the user should know."""
+        mx = _mlx.core()
+        notes: list[str] = []
+        patches = instrument.installed()
+        if patches is not None:
+            patches.switch.restore()
+        if mx.default_device() != self.device:
+            mx.set_default_device(self.device)
+        if mx.default_stream(self.device) != self.stream:
+            mx.set_default_stream(self.stream)
+        keys = _mlx.random_key_list()
+        if keys and is_placeholder(keys[0]):
+            keys[0] = self.random_key
+            notes.append(
+                "the test left a placeholder in mx.random.state (a function compiled with "
+                "inputs=mx.random.state but not outputs=?), which would break every later "
+                "random call; pytest-mlxcompile restored the key from before the test"
+            )
+        return notes

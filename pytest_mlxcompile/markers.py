@@ -1,0 +1,120 @@
+"""The ``compiled`` marker: its documented signature and its validated, frozen form."""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, fields
+from typing import Any
+
+import pytest
+
+from pytest_mlxcompile.modes import Mode, parse_modes
+from pytest_mlxcompile.settings import parse_tolerance
+
+__all__ = ["MARKER", "MARKER_HELP", "CompiledMarker", "MarkerError", "from_item"]
+
+MARKER = "compiled"
+MARKER_HELP = (
+    "compiled(*, modes=None, rtol=None, atol=None, max_recompiles=None, parity=None, "
+    "timings=None): run the test with every mx.compile instrumented and checked against eager; "
+    "with --mlx-compile-matrix once per mode ([eager], [compiled], [shapeless]). modes narrows the "
+    "matrix; rtol/atol set parity tolerances; max_recompiles is an int or a dict per mode; parity "
+    "is 'all', 'first' or 'off'; timings=True times every compiled function the test calls."
+)
+
+
+class MarkerError(ValueError):
+    """A bad ``@pytest.mark.compiled(...)``; the message names the test and the argument."""
+
+
+@dataclass(frozen=True)
+class CompiledMarker:
+    modes: tuple[Mode, ...] | None = None
+    rtol: float | None = None
+    atol: float | None = None
+    max_recompiles: int | str | dict[Mode, int] | None = None
+    parity: str | None = None
+    timings: bool | None = None
+
+    @classmethod
+    def from_mark(cls, mark: pytest.Mark, test: str) -> CompiledMarker:
+        where = f"@pytest.mark.compiled on {test}"
+        if mark.args:
+            raise MarkerError(
+                f"{where}: takes keyword arguments only, got positional {mark.args!r}; "
+                "write e.g. @pytest.mark.compiled(modes=['compiled'])"
+            )
+        known = [f.name for f in fields(cls)]
+        values: dict[str, Any] = {}
+        for key, value in mark.kwargs.items():
+            if key not in known:
+                close = difflib.get_close_matches(key, known, n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                raise MarkerError(
+                    f"{where}: unknown keyword {key!r}{hint} (accepted: {', '.join(known)})"
+                )
+            if value is None:
+                continue
+            try:
+                values[key] = _VALIDATORS[key](value, f"{where}: {key}")
+            except ValueError as exc:
+                raise MarkerError(str(exc)) from None
+        return cls(**values)
+
+
+def _modes(value: object, source: str) -> tuple[Mode, ...]:
+    return parse_modes(value, source=source)
+
+
+def _parity(value: object, source: str) -> str:
+    if value not in ("all", "first", "off"):
+        raise ValueError(f"{source}={value!r} is not one of 'all', 'first', 'off'")
+    return str(value)
+
+
+def _timings(value: object, source: str) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{source}={value!r} must be True or False")
+    return value
+
+
+def _budget(value: object, source: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{source}={value!r} must be an int >= 0")
+    return value
+
+
+def _max_recompiles(value: object, source: str) -> int | str | dict[Mode, int]:
+    if value == "auto":
+        return "auto"
+    if isinstance(value, dict):
+        per_mode: dict[Mode, int] = {}
+        for mode, budget in value.items():
+            (parsed,) = parse_modes([mode], source=f"{source} key")
+            per_mode[parsed] = _budget(budget, f"{source}[{mode!r}]")
+        return per_mode
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(
+            f"{source}={value!r} must be an int >= 0, 'auto', or a dict such as "
+            "{'compiled': 2, 'shapeless': 0}"
+        )
+    return value
+
+
+def _tolerance(value: object, source: str) -> float:
+    return parse_tolerance(value, source)
+
+
+_VALIDATORS = {
+    "modes": _modes,
+    "rtol": _tolerance,
+    "atol": _tolerance,
+    "max_recompiles": _max_recompiles,
+    "parity": _parity,
+    "timings": _timings,
+}
+
+
+def from_item(node: pytest.Item | pytest.Function, test: str) -> CompiledMarker | None:
+    mark = node.get_closest_marker(MARKER)
+    return None if mark is None else CompiledMarker.from_mark(mark, test)

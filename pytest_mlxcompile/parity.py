@@ -1,0 +1,168 @@
+"""Tree-aware comparison of compiled results against eager, with per-dtype tolerances.
+
+Defaults follow ``torch.testing.assert_close`` (reference/anchors-torch-bench.md §2b): they are
+the tolerances users of compiled-code testing already know, and MLX's fused kernels stay well
+inside them (compiled GELU/softmax/SiLU were bit-identical to eager in f32/f16/bf16, probe §8).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from pytest_mlxcompile import _mlx
+from pytest_mlxcompile.state import capture, leaves, structure
+
+__all__ = ["DEFAULT_TOLERANCES", "Mismatch", "Tolerance", "compare"]
+
+#: dtype name -> (rtol, atol); dtypes not listed (ints, bool) compare exactly.
+DEFAULT_TOLERANCES: dict[str, tuple[float, float]] = {
+    "float16": (1e-3, 1e-5),
+    "bfloat16": (1.6e-2, 1e-5),
+    "float32": (1.3e-6, 1e-5),
+    "complex64": (1.3e-6, 1e-5),
+    "float64": (1e-7, 1e-7),
+}
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """User overrides; ``None`` means the dtype's default."""
+
+    rtol: float | None = None
+    atol: float | None = None
+
+    def for_dtype(self, dtype_name: str) -> tuple[float, float, str]:
+        default = DEFAULT_TOLERANCES.get(dtype_name, (0.0, 0.0))
+        rtol = default[0] if self.rtol is None else self.rtol
+        atol = default[1] if self.atol is None else self.atol
+        if self.rtol is None and self.atol is None:
+            origin = f"{dtype_name} defaults" if dtype_name in DEFAULT_TOLERANCES else "exact"
+        elif self.rtol is not None and self.atol is not None:
+            origin = "set by the test"
+        else:
+            origin = f"partly set by the test, rest {dtype_name} defaults"
+        return rtol, atol, origin
+
+
+@dataclass(frozen=True)
+class Mismatch:
+    path: str
+    summary: str
+    details: tuple[str, ...] = ()
+
+
+def dtype_name(dtype: object) -> str:
+    return str(dtype).rsplit(".", 1)[-1]
+
+
+def _fmt_index(index: tuple[Any, ...]) -> str:
+    return str(tuple(int(i) for i in index))
+
+
+def _fmt_value(value: Any) -> str:
+    return f"{complex(value):.6g}" if isinstance(value, complex) else f"{float(value):.6g}"
+
+
+def _compare_arrays(path: str, expected: Any, actual: Any, tol: Tolerance) -> Mismatch | None:
+    mx = _mlx.core()
+    if not isinstance(actual, mx.array):
+        return Mismatch(path, f"eager gave an array, compiled gave {type(actual).__name__}")
+    if expected.dtype != actual.dtype:
+        return Mismatch(
+            path,
+            f"dtype differs: eager {dtype_name(expected.dtype)}, "
+            f"compiled {dtype_name(actual.dtype)}",
+        )
+    if tuple(expected.shape) != tuple(actual.shape):
+        return Mismatch(
+            path, f"shape differs: eager {tuple(expected.shape)}, compiled {tuple(actual.shape)}"
+        )
+    if mx.array_equal(expected, actual, equal_nan=True).item():
+        return None
+    name = dtype_name(expected.dtype)
+    rtol, atol, origin = tol.for_dtype(name)
+    import numpy as np
+
+    def host(a: Any) -> Any:
+        if name == "bfloat16":
+            a = a.astype(mx.float32)
+        return np.asarray(a).astype(np.complex128 if "complex" in name else np.float64)
+
+    want, got = host(expected), host(actual)
+    diff = np.abs(got - want)
+    both_nan = np.isnan(want) & np.isnan(got)
+    bad = ~((diff <= atol + rtol * np.abs(want)) | both_nan)
+    count = int(bad.sum())
+    if count == 0:
+        return None
+    diff = np.where(both_nan, 0.0, np.nan_to_num(diff, nan=np.inf))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rel = np.where(diff == 0, 0.0, diff / np.abs(want))
+    abs_at = np.unravel_index(int(np.argmax(diff)), diff.shape) if diff.ndim else ()
+    rel_at = np.unravel_index(int(np.argmax(rel)), rel.shape) if rel.ndim else ()
+    size = int(bad.size)
+    shape = tuple(int(d) for d in expected.shape)
+    return Mismatch(
+        path,
+        f"shape {shape} {name}; mismatched {count} / {size} ({100.0 * count / size:.1f}%); "
+        f"greatest abs diff {float(diff[abs_at]):.1e} at {_fmt_index(abs_at)};",
+        (
+            f"greatest rel diff {float(rel[rel_at]):.1e} at {_fmt_index(rel_at)}; "
+            f"rtol {rtol:.1e} atol {atol:.0e} ({origin})",
+            f"at {_fmt_index(abs_at)}: eager {_fmt_value(want[abs_at])}, "
+            f"compiled {_fmt_value(got[abs_at])}",
+        ),
+    )
+
+
+def compare(expected: object, actual: object, path: str, tol: Tolerance) -> Mismatch | None:
+    """The first difference between two result trees, or None when they agree."""
+    return compare_snapshots(capture(expected), capture(actual), path, tol)
+
+
+def compare_snapshots(
+    expected: object, actual: object, path: str, tol: Tolerance
+) -> Mismatch | None:
+    want_structure, got_structure = structure(expected), structure(actual)
+    if want_structure != got_structure:
+        return Mismatch(
+            path,
+            "tree structure differs",
+            (f"eager {_describe(expected)}", f"compiled {_describe(actual)}"),
+        )
+    mx = _mlx.core()
+    for (leaf_path, want), (_, got) in zip(
+        leaves(expected, path), leaves(actual, path), strict=True
+    ):
+        if isinstance(want, mx.array):
+            mismatch = _compare_arrays(leaf_path, want, got, tol)
+        elif isinstance(got, mx.array):
+            mismatch = Mismatch(
+                leaf_path, f"eager gave {type(want).__name__} {want!r}, compiled gave an array"
+            )
+        elif not _same_value(want, got):
+            mismatch = Mismatch(leaf_path, f"value differs: eager {want!r}, compiled {got!r}")
+        else:
+            mismatch = None
+        if mismatch is not None:
+            return mismatch
+    return None
+
+
+def _same_value(a: object, b: object) -> bool:
+    try:
+        return bool(a == b) or (a != a and b != b)  # NaN equals NaN here
+    except Exception:
+        return a is b
+
+
+def _describe(snap: object) -> str:
+    from pytest_mlxcompile.state import Node
+
+    if not isinstance(snap, Node):
+        return type(snap).__name__
+    kind = type(snap.obj).__name__
+    if isinstance(snap.obj, dict):
+        return f"{kind} with keys {[k for k, _ in snap.items]!r}"
+    return f"{kind} of {len(snap.items)}"

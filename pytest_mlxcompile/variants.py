@@ -1,0 +1,92 @@
+"""Which tests run in which modes: matrix parametrization at collection, the plan per item."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+
+from pytest_mlxcompile.markers import CompiledMarker, MarkerError, from_item
+from pytest_mlxcompile.modes import Mode
+from pytest_mlxcompile.parity import Tolerance
+from pytest_mlxcompile.settings import Settings
+
+__all__ = ["MODE_PARAM", "VariantPlan", "parametrize", "plan"]
+
+#: The parameter name the matrix uses; also the name of the ``mlx_mode`` fixture it overrides.
+MODE_PARAM = "mlx_mode"
+_FIXTURES = frozenset({"mlx_compile", MODE_PARAM})
+
+
+@dataclass(frozen=True)
+class VariantPlan:
+    mode: Mode
+    parity: str
+    tolerance: Tolerance
+    marker: CompiledMarker
+
+
+def _is_member(marker: CompiledMarker | None, fixturenames: list[str], settings: Settings) -> bool:
+    return marker is not None or settings.scope == "all" or not _FIXTURES.isdisjoint(fixturenames)
+
+
+def _marker(
+    node: pytest.Item | pytest.Function | pytest.Metafunc, test: str
+) -> CompiledMarker | None:
+    definition = node.definition if isinstance(node, pytest.Metafunc) else node
+    return from_item(definition, test)
+
+
+def parametrize(metafunc: pytest.Metafunc, settings: Settings) -> None:
+    """With the matrix on, give each member test one variant per mode: ``test_x[eager]``, ..."""
+    test = metafunc.definition.nodeid
+    try:
+        marker = _marker(metafunc, test)
+    except MarkerError as exc:
+        error = str(exc)
+    else:
+        error = ""
+    if error:  # outside the except block: the report shows the message once, no chained copy
+        pytest.fail(error, pytrace=False)
+    if not settings.matrix or not _is_member(marker, metafunc.fixturenames, settings):
+        return
+    modes = settings.modes
+    if marker is not None and marker.modes is not None:
+        modes = tuple(m for m in modes if m in marker.modes)
+    if MODE_PARAM not in metafunc.fixturenames:
+        metafunc.fixturenames.append(MODE_PARAM)
+    if not modes:
+        narrowed = marker.modes if marker is not None and marker.modes else ()
+        reason = (
+            f"none of the marker's modes ({', '.join(map(str, narrowed))}) is among "
+            f"--mlx-modes ({', '.join(map(str, settings.modes))})"
+        )
+        metafunc.parametrize(
+            MODE_PARAM, [pytest.param(None, marks=pytest.mark.skip(reason=reason))], ids=["none"]
+        )
+        return
+    metafunc.parametrize(MODE_PARAM, modes, ids=[m.value for m in modes])
+
+
+def plan(item: pytest.Item, settings: Settings) -> VariantPlan | None:
+    """The mode and checks for this test, or None when the plugin leaves it alone."""
+    if not isinstance(item, pytest.Function):
+        return None
+    marker = _marker(item, item.nodeid)  # validated at collection already
+    callspec = getattr(item, "callspec", None)
+    mode = callspec.params.get(MODE_PARAM) if callspec is not None else None
+    if not isinstance(mode, Mode):
+        if not _is_member(marker, item.fixturenames, settings):
+            return None
+        allowed = marker.modes if marker is not None and marker.modes else None
+        mode = Mode.COMPILED if allowed is None or Mode.COMPILED in allowed else allowed[0]
+    marker = marker or CompiledMarker()
+    return VariantPlan(
+        mode=mode,
+        parity=marker.parity or settings.parity,
+        tolerance=Tolerance(
+            rtol=marker.rtol if marker.rtol is not None else settings.rtol,
+            atol=marker.atol if marker.atol is not None else settings.atol,
+        ),
+        marker=marker,
+    )
