@@ -262,6 +262,8 @@ class FunctionRecord:
         #: calls not checked because they created new declared state (see _shadow_check)
         self.parity_skipped = 0
         self._check_next = False
+        #: per-check data observers attach (signature history, diagnoses, timings), by key
+        self.extra: dict[str, Any] = {}
         self.body = self._make_body()
         self.compiled: Callable[..., Any] | None
         if run.mode is Mode.EAGER:

@@ -48,6 +48,11 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     variants.parametrize(metafunc, metafunc.config.stash[settings_key])
 
 
+def _observers(item: pytest.Item, plan: variants.VariantPlan) -> list[instrument.Observer]:
+    """The checks that watch this variant's calls (recompiles, sanitizer, timings)."""
+    return []
+
+
 # tryfirst: the variant must be active before any fixture's setup calls compiled code.
 @pytest.hookimpl(wrapper=True, tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> Generator[None]:
@@ -57,7 +62,11 @@ def pytest_runtest_setup(item: pytest.Item) -> Generator[None]:
         return (yield)
     _mlx.core()  # loading mlx.core applies the patch
     run = instrument.VariantRun(
-        plan.mode, label=item.nodeid, parity=plan.parity, tolerance=plan.tolerance
+        plan.mode,
+        label=item.nodeid,
+        parity=plan.parity,
+        tolerance=plan.tolerance,
+        observers=_observers(item, plan),
     )
     item.stash[run_key] = run
     try:
