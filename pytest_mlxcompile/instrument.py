@@ -10,11 +10,12 @@ until the test ends.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from pytest_mlxcompile import _mlx
@@ -31,6 +32,7 @@ __all__ = [
     "Observer",
     "VariantRun",
     "active_run",
+    "detached",
     "install",
     "installed",
     "uninstall",
@@ -78,6 +80,25 @@ def installed() -> Patches | None:
 
 def active_run() -> VariantRun | None:
     return _active
+
+
+@contextlib.contextmanager
+def detached(mode: Mode) -> Iterator[None]:
+    """Replay calls outside the current test variant: nothing is counted or checked.
+
+    For timing. In eager mode nested instrumented functions run their plain Python (as in an
+    [eager] variant); in compiled modes they run as declared, inlined into the caller's trace.
+    """
+    global _active
+    saved, tls = _active, _tls
+    _active = VariantRun(Mode.EAGER, label="detached", parity="off") if mode is Mode.EAGER else None
+    saved_depth, saved_eager = tls.depth, tls.eager
+    tls.depth, tls.eager = 1, mode is Mode.EAGER
+    try:
+        yield
+    finally:
+        _active = saved
+        tls.depth, tls.eager = saved_depth, saved_eager
 
 
 def install(mx: Any) -> None:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import warnings
 from collections.abc import Callable, Generator
 from typing import Any
 
 import pytest
 
-from pytest_mlxcompile import _mlx, instrument, settings, variants
+from pytest_mlxcompile import _mlx, instrument, report, settings, timing, variants
 from pytest_mlxcompile.isolation import GlobalState
 from pytest_mlxcompile.markers import MARKER_HELP
 from pytest_mlxcompile.modes import Mode
@@ -17,6 +18,10 @@ settings_key = pytest.StashKey[settings.Settings]()
 patched_key = pytest.StashKey[bool]()
 run_key = pytest.StashKey[instrument.VariantRun]()
 globals_key = pytest.StashKey["GlobalState | None"]()
+collector_key = pytest.StashKey[report.Collector]()
+baseline_key = pytest.StashKey["report.Baseline | None"]()
+last_calls_key = pytest.StashKey[timing.LastCalls]()
+timings_key = pytest.StashKey[list[timing.FunctionTiming]]()
 
 
 def _patch_mlx(config: pytest.Config) -> None:
@@ -40,8 +45,43 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", MARKER_HELP)
-    config.stash[settings_key] = settings.resolve(config)
+    config.stash[settings_key] = resolved = settings.resolve(config)
     _patch_mlx(config)
+    config.stash[collector_key] = collector = report.Collector()
+    config.pluginmanager.register(collector, "mlxcompile-collector")  # its logreport hook
+    config.stash[baseline_key] = (
+        report.Baseline.load(resolved.compare) if resolved.compare else None
+    )
+    if config.pluginmanager.hasplugin("xdist"):
+        config.pluginmanager.register(XdistHooks(config), "mlxcompile-xdist")
+
+
+def _workers(config: pytest.Config) -> int:
+    """How many pytest-xdist workers share this machine (1 without xdist)."""
+    workerinput = getattr(config, "workerinput", None)
+    if workerinput is not None:
+        return int(workerinput.get("workercount", 1))
+    numprocesses = getattr(config.option, "numprocesses", None)
+    return max(int(numprocesses or 1), 1) if isinstance(numprocesses, int) else 1
+
+
+def _is_worker(config: pytest.Config) -> bool:
+    return hasattr(config, "workerinput")
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    baseline = config.stash.get(baseline_key, None)
+    if baseline is None or _is_worker(config):
+        return []
+    lines = [f"mlxcompile: comparing timings with {baseline.path} (saved {baseline.created})"]
+    differs = report.machine_mismatch(baseline.machine, report.machine_info())
+    if differs:
+        lines.append(
+            "mlxcompile: WARNING: the baseline was saved on another machine or version ("
+            + "; ".join(differs)
+            + "): deltas compare different setups"
+        )
+    return lines
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -50,7 +90,22 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 def _observers(item: pytest.Item, plan: variants.VariantPlan) -> list[instrument.Observer]:
     """The checks that watch this variant's calls (recompiles, sanitizer, timings)."""
-    return []
+    observers: list[instrument.Observer] = []
+    chosen = item.config.stash[settings_key]
+    callspec = getattr(item, "callspec", None)
+    modes = timing.auto_modes(
+        plan.mode,
+        plan.marker.timings,
+        plan.marker.modes,
+        chosen.modes,
+        timings_on=chosen.timings,
+        in_matrix=callspec is not None and variants.MODE_PARAM in callspec.params,
+    )
+    if modes is not None:
+        budget = timing.Budget(max_time=chosen.timings_budget)
+        item.stash[last_calls_key] = last = timing.LastCalls(modes, budget)
+        observers.append(last)
+    return observers
 
 
 # tryfirst: the variant must be active before any fixture's setup calls compiled code.
@@ -81,6 +136,52 @@ def pytest_runtest_setup(item: pytest.Item) -> Generator[None]:
     return result
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Generator[None]:
+    result = yield  # a failed test is not timed: its last call may be the one that broke
+    last = item.stash.get(last_calls_key, None)
+    timings = item.stash.setdefault(timings_key, [])
+    if last is not None:
+        timings += last.measure(contended=_workers(item.config) > 1)
+    _gate(item, timings)
+    return result
+
+
+def _gate(item: pytest.Item, timings: list[timing.FunctionTiming]) -> None:
+    """--mlx-compare-fail: fail this test (an ordinary failure) if its timings regressed."""
+    baseline, rules = item.config.stash[baseline_key], item.config.stash[settings_key].compare_fail
+    if baseline is None or not rules:
+        return
+    lines = [
+        line
+        for current in timings
+        if (base := baseline.get(item.nodeid, current)) is not None
+        for line in report.regressions(current, base, rules)
+    ]
+    if lines:
+        pytest.fail(
+            "pytest-mlxcompile: timings regressed against the baseline "
+            f"{baseline.path}:\n  " + "\n  ".join(lines),
+            pytrace=False,
+        )
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    record = None
+    run, timings = item.stash.get(run_key, None), item.stash.get(timings_key, [])
+    if call.when == "teardown" and (run is not None or timings):
+        record = report.variant_record(item.nodeid, run, timings)
+        item.user_properties.extend(report.junit_properties(record))
+    test_report = yield
+    if record is not None:
+        # A report attribute travels from xdist workers to the controller (as JSON text).
+        test_report.mlx_record = json.dumps(record)  # type: ignore[attr-defined]
+    return test_report
+
+
 # trylast: stop the variant and restore MLX only after every fixture has been torn down.
 @pytest.hookimpl(wrapper=True, trylast=True)
 def pytest_runtest_teardown(item: pytest.Item) -> Generator[None]:
@@ -94,6 +195,53 @@ def pytest_runtest_teardown(item: pytest.Item) -> Generator[None]:
         if saved is not None:
             for note in saved.restore():
                 warnings.warn(pytest.PytestWarning(f"pytest-mlxcompile: {note}"), stacklevel=1)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    config = terminalreporter.config
+    report.write_summary(
+        terminalreporter,
+        config.stash[collector_key],
+        config.stash[baseline_key],
+        config.stash[settings_key].report_json,
+    )
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    config = session.config
+    path = config.stash[settings_key].report_json
+    if path is None or _is_worker(config) or collector_key not in config.stash:
+        return
+    doc = report.document(
+        config.stash[collector_key],
+        config.stash[settings_key],
+        report.machine_info(),
+        _workers(config),
+    )
+    report.write_json(path, doc)
+
+
+class XdistHooks:
+    """Registered only when pytest-xdist is installed."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+
+    def pytest_testnodedown(self, node: Any, error: object | None) -> None:
+        if error is not None:
+            self.config.stash[collector_key].lost_workers.append(str(error))
+
+
+@pytest.fixture
+def mlx_benchmark(request: pytest.FixtureRequest) -> timing.Benchmark:
+    """``mlx_benchmark(fn, *args, modes=("eager", "compiled"), **kwargs)``: time fn in each mode."""
+    _mlx.core()
+    config = request.config
+    return timing.Benchmark(
+        timing.Budget(max_time=config.stash[settings_key].timings_budget),
+        contended=_workers(config) > 1,
+        sink=request.node.stash.setdefault(timings_key, []),
+    )
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ Precedence: command line > ini file > default. Each option shares one help text 
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -15,6 +16,9 @@ import pytest
 from pytest_mlxcompile.modes import ALL_MODES, Mode, parse_modes
 
 __all__ = ["OPTIONS", "Option", "Settings", "add_options", "parse_tolerance", "resolve"]
+
+#: The statistics a baseline gate can compare (see ``parse_compare_fail``).
+COMPARE_FIELDS = ("median", "min", "first_call")
 
 
 def parse_choice(*choices: str) -> Callable[[str, str], str]:
@@ -43,6 +47,69 @@ def parse_flag(value: str, source: str) -> bool:
     if lowered in ("0", "false", "no", "off"):
         return False
     raise ValueError(f"{source}: {value!r} is not a boolean (true/false)")
+
+
+def parse_seconds(value: str, source: str) -> float:
+    seconds = parse_tolerance(value, source)
+    if seconds == 0:
+        raise ValueError(f"{source}: {value!r} must be more than 0 seconds")
+    return seconds
+
+
+def parse_json_path(value: str, source: str) -> str:
+    """A path for a JSON report: not a directory, and named .json so nobody expects HTML."""
+    if not value.strip():
+        raise ValueError(f"{source}: an empty path; give a file such as mlx-report.json")
+    if os.path.isdir(value) or value.endswith(("/", os.sep)):
+        raise ValueError(
+            f"{source}: {value!r} is a directory; give a file such as {value}/mlx.json"
+        )
+    if not value.endswith(".json"):
+        raise ValueError(f"{source}: {value!r} must end in .json (the report is JSON only)")
+    return value
+
+
+def parse_existing_json(value: str, source: str) -> str:
+    if not os.path.isfile(value):
+        raise ValueError(
+            f"{source}: {value!r} is not a file; give a report saved by --mlx-report-json"
+        )
+    return value
+
+
+@dataclass(frozen=True)
+class CompareRule:
+    """One ``--mlx-compare-fail`` gate: fail a test whose ``field`` got worse by > ``percent``."""
+
+    mode: str  # "compiled", "eager", "shapeless", or "" for the speedup
+    field: str  # "speedup" or one of COMPARE_FIELDS
+    percent: float
+
+    def __str__(self) -> str:
+        name = self.field if not self.mode else f"{self.mode}.{self.field}"
+        return f"{name}:{self.percent:g}%"
+
+
+def parse_compare_fail(value: str, source: str) -> tuple[CompareRule, ...]:
+    """``speedup:10%,compiled.median:5%`` -> rules; each names a statistic and a percentage."""
+    rules = []
+    modes = [m.value for m in ALL_MODES]
+    for part in (p.strip() for p in value.split(",")):
+        name, sep, amount = part.partition(":")
+        mode, dot, field = name.rpartition(".")
+        ok_name = (not dot and field == "speedup") or (mode in modes and field in COMPARE_FIELDS)
+        try:
+            percent = float(amount.strip().removesuffix("%"))
+        except ValueError:
+            percent = math.nan
+        if not sep or not ok_name or not amount.strip().endswith("%") or not percent >= 0:
+            fields = ", ".join(f"MODE.{f}" for f in COMPARE_FIELDS)
+            raise ValueError(
+                f"{source}: {part!r} is not FIELD:N% with FIELD 'speedup' or {fields} "
+                f"(MODE one of {', '.join(modes)}), e.g. 'speedup:10%,compiled.median:5%'"
+            )
+        rules.append(CompareRule(mode, field, percent))
+    return tuple(rules)
 
 
 @dataclass(frozen=True)
@@ -114,6 +181,50 @@ OPTIONS: tuple[Option, ...] = (
         None,
         metavar="ATOL",
     ),
+    Option(
+        "timings",
+        "--mlx-timings",
+        "Time every compiled function a test calls: eager, compiled and shapeless medians, "
+        "speedup, compile cost, memory, ops -> kernels; prints a table at the end",
+        parse_flag,
+        False,
+        is_flag=True,
+    ),
+    Option(
+        "timings_budget",
+        "--mlx-timings-budget",
+        "Seconds of steady-state timing per test, shared by its functions and modes; first "
+        "calls and warm-up come on top (default: 1.0)",
+        parse_seconds,
+        1.0,
+        metavar="SECONDS",
+    ),
+    Option(
+        "report_json",
+        "--mlx-report-json",
+        "Write every test variant's outcome, traces, diagnoses and timings to this JSON file "
+        "(schema: docs/report-schema.md)",
+        parse_json_path,
+        None,
+        metavar="PATH",
+    ),
+    Option(
+        "compare",
+        "--mlx-compare",
+        "Compare timings with a JSON report saved by --mlx-report-json and print the deltas",
+        parse_existing_json,
+        None,
+        metavar="PATH",
+    ),
+    Option(
+        "compare_fail",
+        "--mlx-compare-fail",
+        "With --mlx-compare: fail tests that regressed beyond noise, e.g. 'speedup:10%' or "
+        "'compiled.median:5%' (comma-separated)",
+        parse_compare_fail,
+        (),
+        metavar="EXPR",
+    ),
 )
 
 
@@ -125,6 +236,11 @@ class Settings:
     parity: str = "all"
     rtol: float | None = None
     atol: float | None = None
+    timings: bool = False
+    timings_budget: float = 1.0
+    report_json: str | None = None
+    compare: str | None = None
+    compare_fail: tuple[CompareRule, ...] = ()
 
 
 def add_options(parser: pytest.Parser) -> None:
@@ -154,4 +270,9 @@ def resolve(config: pytest.Config) -> Settings:
                 values[option.field] = option.default
         except ValueError as exc:
             raise pytest.UsageError(f"pytest-mlxcompile: {exc}") from None
+    if values["compare_fail"] and values["compare"] is None:
+        raise pytest.UsageError(
+            "pytest-mlxcompile: --mlx-compare-fail needs a baseline; add --mlx-compare=PATH "
+            "(a report saved with --mlx-report-json)"
+        )
     return Settings(**values)
