@@ -76,16 +76,8 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     lines = [f"mlxcompile: comparing timings with {baseline.path} (saved {baseline.created})"]
     differs = report.machine_mismatch(baseline.machine, report.machine_info())
     if differs:
-        lines.append(
-            "mlxcompile: WARNING: the baseline was saved on another machine or version ("
-            + "; ".join(differs)
-            + "): deltas compare different setups"
-        )
+        lines.append(f"mlxcompile: WARNING: {report.mismatch_warning(differs)}")
     return lines
-
-
-def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    variants.parametrize(metafunc, metafunc.config.stash[settings_key])
 
 
 def _observers(item: pytest.Item, plan: variants.VariantPlan) -> list[instrument.Observer]:

@@ -25,7 +25,7 @@ from pytest_mlxcompile import _mlx
 from pytest_mlxcompile.instrument import VariantRun
 from pytest_mlxcompile.modes import ALL_MODES, Mode
 from pytest_mlxcompile.settings import CompareRule, Settings
-from pytest_mlxcompile.timing import FunctionTiming
+from pytest_mlxcompile.timing import PAYOFF_CALLS, FunctionTiming
 
 __all__ = [
     "SCHEMA",
@@ -78,6 +78,14 @@ def machine_mismatch(saved: dict[str, Any], current: dict[str, Any]) -> list[str
     ]
 
 
+def mismatch_warning(differs: list[str]) -> str:
+    return (
+        "the baseline was saved on another machine or version ("
+        + "; ".join(differs)
+        + "), so its timings may differ for reasons other than the code"
+    )
+
+
 # records ---------------------------------------------------------------------------------------
 def variant_record(
     nodeid: str, run: VariantRun | None, timings: Sequence[FunctionTiming]
@@ -101,6 +109,7 @@ def variant_record(
         "nodeid": nodeid,
         "mode": None if run is None else str(run.mode),
         "outcome": None,
+        "duration": 0.0,
         "functions": functions,
         "timings": [t.to_json() for t in timings],
     }
@@ -146,6 +155,7 @@ class Collector:
 
     records: dict[str, dict[str, Any]] = field(default_factory=dict)
     _outcomes: dict[str, str | None] = field(default_factory=dict)
+    _durations: dict[str, float] = field(default_factory=dict)
     #: pytest-xdist workers that went down with an error: the test each ran has no record
     lost_workers: list[str] = field(default_factory=list)
 
@@ -156,16 +166,18 @@ class Collector:
     def add(self, report: pytest.TestReport) -> None:
         nodeid = report.nodeid
         self._outcomes[nodeid] = _outcome(self._outcomes.get(nodeid), report)
+        self._durations[nodeid] = self._durations.get(nodeid, 0.0) + report.duration
         text = getattr(report, "mlx_record", None)
         if report.when == "teardown" and isinstance(text, str):
             record = json.loads(text)
             record["outcome"] = self._outcomes.get(nodeid)
+            record["duration"] = self._durations.get(nodeid, 0.0)
             self.records[nodeid] = record
 
     def timings(self) -> list[tuple[str, FunctionTiming]]:
         return [
             (nodeid, FunctionTiming.from_json(t))
-            for nodeid, record in self.records.items()
+            for nodeid, record in sorted(self.records.items())
             for t in record["timings"]
         ]
 
@@ -187,7 +199,7 @@ def document(
             "workers": workers,
             "lost_workers": collector.lost_workers,
         },
-        "tests": list(collector.records.values()),
+        "tests": [collector.records[nodeid] for nodeid in sorted(collector.records)],
     }
 
 
@@ -359,10 +371,15 @@ def summary_lines(timings: list[tuple[str, FunctionTiming]]) -> list[str]:
     rows = [_HEADER, *(_row(nodeid, timing) for nodeid, timing in timings)]
     lines = _table(rows)
     lines += [
-        "medians per call with outputs evaluated; speedup = eager / compiled median, range from "
-        "the quartiles; compile = first call of a fresh compile - median; break-even = compile / "
-        "time saved per call; mem = compiled / eager peak memory; ops -> kernels = primitives "
-        "eager -> non-view nodes compiled",
+        "",
+        "eager/compiled/shapeless: median per call with outputs evaluated (n/a: the mode cannot "
+        "run it, see the JSON report)",
+        "speedup: eager / compiled median [range from the quartiles]; compile: first call of a "
+        "fresh compile minus the median; break-even: compile / time saved per call",
+        "mem: compiled / eager peak memory; ops -> kernels: primitives in the eager graph -> "
+        "non-view nodes in the compiled graph",
+        f"flags: 'slower than eager' or 'no gain beyond noise' when the speedup range is below 1 "
+        f"or includes it; 'pays off after >{PAYOFF_CALLS} calls'",
     ]
     if any(timing.contended for _, timing in timings):
         lines.append(
