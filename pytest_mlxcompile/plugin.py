@@ -80,6 +80,10 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     return lines
 
 
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    variants.parametrize(metafunc, metafunc.config.stash[settings_key])
+
+
 def _observers(item: pytest.Item, plan: variants.VariantPlan) -> list[instrument.Observer]:
     """The checks that watch this variant's calls (recompiles, sanitizer, timings)."""
     observers: list[instrument.Observer] = []
