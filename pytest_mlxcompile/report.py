@@ -329,8 +329,13 @@ def _fusion(timing: FunctionTiming) -> str:
     return f"{eager.nodes} -> {compiled.kernels}"
 
 
+def _test_name(nodeid: str) -> str:
+    """The node id without its file: short, and still names the class and parameters."""
+    return nodeid.split("::", 1)[-1]
+
+
 def _row(nodeid: str, timing: FunctionTiming) -> list[str]:
-    test = nodeid.rsplit("::", 1)[-1]
+    test = _test_name(nodeid)
     speedup = timing.speedup(Mode.COMPILED)
     flags = timing.flags() + (["contended"] if timing.contended else [])
     return [
@@ -406,7 +411,7 @@ def compare_lines(baseline: Baseline, timings: list[tuple[str, FunctionTiming]])
                 )
             rows.append(
                 [
-                    f"{nodeid.rsplit('::', 1)[-1]}::{timing.function}",
+                    f"{_test_name(nodeid)}::{timing.function}",
                     str(mode),
                     format_time(then),
                     format_time(now),
