@@ -379,8 +379,9 @@ def summary_lines(timings: list[tuple[str, FunctionTiming]]) -> list[str]:
         "",
         "eager/compiled/shapeless: median per call with outputs evaluated (n/a: the mode cannot "
         "run it, see the JSON report)",
-        "speedup: eager / compiled median [range from the quartiles]; compile: first call of a "
-        "fresh compile minus the median; break-even: compile / time saved per call",
+        "speedup: eager / compiled median [quartiles of eager / compiled over paired rounds]; "
+        "compile: first call of a fresh compile minus the median; break-even: compile / time "
+        "saved per call",
         "mem: compiled / eager peak memory; ops -> kernels: primitives in the eager graph -> "
         "non-view nodes in the compiled graph",
         f"flags: 'slower than eager' or 'no gain beyond noise' when the speedup range is below 1 "

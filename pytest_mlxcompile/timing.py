@@ -17,9 +17,12 @@ import math
 import re
 import statistics
 import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from typing import Any
+
+import pytest
 
 from pytest_mlxcompile import _mlx, instrument
 from pytest_mlxcompile.modes import Mode, parse_modes
@@ -115,6 +118,9 @@ class ModeTiming:
     kernels: int | None = None
     #: why this mode has no timing (e.g. not shapeless-capable)
     error: str | None = None
+    #: quartiles of eager round / this mode's round, over rounds run back to back: pairing
+    #: cancels the machine's load drift, so this is the speedup's spread
+    paired_ratio: tuple[float, float] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -124,11 +130,14 @@ class ModeTiming:
             "nodes": self.nodes,
             "kernels": self.kernels,
             "error": self.error,
+            "paired_ratio": None
+            if self.paired_ratio is None
+            else {"q1": self.paired_ratio[0], "q3": self.paired_ratio[1]},
         }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ModeTiming:
-        stats = data.get("stats")
+        stats, paired = data.get("stats"), data.get("paired_ratio")
         return cls(
             stats=None if stats is None else Stats.from_json(stats),
             first_call=data.get("first_call"),
@@ -136,12 +145,13 @@ class ModeTiming:
             nodes=data.get("nodes"),
             kernels=data.get("kernels"),
             error=data.get("error"),
+            paired_ratio=None if paired is None else (paired["q1"], paired["q3"]),
         )
 
 
 @dataclass(frozen=True)
 class Speedup:
-    """Eager median / mode median, with a range from the quartiles of both."""
+    """Eager median / mode median, with a range: the quartiles of the paired round ratios."""
 
     value: float
     low: float
@@ -189,7 +199,9 @@ class FunctionTiming:
         if eager is None or other is None or eager.stats is None or other.stats is None:
             return None
         e, o = eager.stats, other.stats
-        return Speedup(e.median / o.median, e.q1 / o.q3, e.q3 / o.q1)
+        value = e.median / o.median
+        low, high = other.paired_ratio or (e.q1 / o.q3, e.q3 / o.q1)
+        return Speedup(value, min(low, value), max(high, value))
 
     def compile_cost(self, mode: Mode | str = Mode.COMPILED) -> float | None:
         """Seconds the first call took beyond a steady-state call."""
@@ -438,22 +450,41 @@ def measure(
             try:
                 out = _prepare(timer, budget, snapshot)
             except Exception as exc:  # a mode that cannot run is reported, not raised
-                timer.timing.error = _why_not(mode, target, exc)
+                _give_up(timer, exc, snapshot)
                 continue
             result.bytes_in = _nbytes((args, kwargs))
             result.bytes_out = _nbytes(out)
             ready.append(timer)
-        _interleave(ready, budget)
+        _interleave(ready, budget, snapshot)
     finally:
         for snap in snapshot:
             restore(snap)
     for timer in ready:
         if timer.samples:
             timer.timing.stats = Stats.from_samples(timer.samples, timer.iterations)
+    _pair(ready)
     return result
 
 
-def _interleave(timers: list[_Mode], budget: Budget) -> None:
+def _pair(timers: list[_Mode]) -> None:
+    eager = next((t for t in timers if t.mode is Mode.EAGER and t.samples), None)
+    for timer in timers:
+        if eager is None or timer is eager or not timer.samples:
+            continue
+        ratios = sorted(e / o for e, o in zip(eager.samples, timer.samples, strict=False))
+        stats = Stats.from_samples(ratios, 1)
+        timer.timing.paired_ratio = (stats.q1, stats.q3)
+
+
+def _give_up(timer: _Mode, exc: Exception, snapshot: list[object]) -> None:
+    timer.timing.error = _why_not(timer.mode, timer.target, exc)
+    timer.samples.clear()
+    # A failed trace leaves placeholders in declared state; the other modes need real arrays.
+    for snap in snapshot:
+        restore(snap)
+
+
+def _interleave(timers: list[_Mode], budget: Budget, snapshot: list[object]) -> None:
     """Rounds in turn until the budget is spent; at least ``min_rounds`` unless far over it."""
     start = time.perf_counter()
     while timers:
@@ -463,8 +494,12 @@ def _interleave(timers: list[_Mode], budget: Budget) -> None:
             break
         if elapsed > budget.max_time and rounds >= budget.min_rounds:
             break
-        for timer in timers:
-            timer.samples.append(_round(timer))
+        for timer in list(timers):
+            try:
+                timer.samples.append(_round(timer))
+            except Exception as exc:
+                _give_up(timer, exc, snapshot)
+                timers.remove(timer)
 
 
 class LastCalls(instrument.Observer):
@@ -491,10 +526,19 @@ class LastCalls(instrument.Observer):
         if not self.calls:
             return []
         share = replace(self.budget, max_time=self.budget.max_time / len(self.calls))
-        return [
-            measure(fn, args, kwargs, self.modes, share, contended=contended)
-            for fn, (args, kwargs) in self.calls.items()
-        ]
+        timings = []
+        for fn, (args, kwargs) in self.calls.items():
+            try:
+                timings.append(measure(fn, args, kwargs, self.modes, share, contended=contended))
+            except Exception as exc:  # timing is a report: it must not fail the user's test
+                warnings.warn(
+                    pytest.PytestWarning(
+                        f"pytest-mlxcompile could not time {fn.name} ({fn.where}): "
+                        f"{type(exc).__name__}: {exc}"
+                    ),
+                    stacklevel=1,
+                )
+        return timings
 
 
 def auto_modes(
