@@ -33,6 +33,9 @@ def test_fail():
 @pytest.mark.compiled
 def test_skip():
     pytest.skip("not today")
+
+def test_bench(mlx_benchmark):
+    mlx_benchmark(lambda x: x + 1, mx.ones(3))
 """
 
 
@@ -54,8 +57,8 @@ def _records(path: Path) -> dict[tuple[str, str | None], dict[str, object]]:
 def test_the_json_report_validates_against_the_documented_schema(pytester, run):
     pytester.makepyfile(SUITE)
     result = run("--mlx-compile-matrix", "--mlx-timings", FAST, "--mlx-report-json=out.json")
-    result.assert_outcomes(passed=3, failed=3, skipped=3)
-    result.stdout.fnmatch_lines(["mlx report: out.json (9 test variants)"])
+    result.assert_outcomes(passed=4, failed=3, skipped=3)
+    result.stdout.fnmatch_lines(["mlx report: out.json (10 test variants)"])
     doc = json.loads((pytester.path / "out.json").read_text())
     assert validate(doc, SCHEMA) == []
     assert doc["machine"]["backend"] in ("cpu", "metal", "cuda")
@@ -66,6 +69,8 @@ def test_the_json_report_validates_against_the_documented_schema(pytester, run):
     compiled = next(t for t in doc["tests"] if t["nodeid"].endswith("test_pass[compiled]"))
     assert compiled["functions"][0]["traces"] == 2
     assert compiled["timings"][0]["modes"]["compiled"]["stats"]["rounds"] >= 1
+    bench = next(t for t in doc["tests"] if t["nodeid"].endswith("test_bench"))
+    assert (bench["mode"], bench["timings"][0]["source"]) == (None, "benchmark")
 
 
 def test_the_json_report_creates_missing_parent_folders(pytester, run):
@@ -116,7 +121,7 @@ def test_xdist_workers_report_the_same_records_as_a_serial_run(pytester, run):
     args = ("--mlx-compile-matrix", "--mlx-timings", FAST)
     serial = run(*args, "-n", "0", "--mlx-report-json=serial.json")
     parallel = run(*args, "-n", "2", "--mlx-report-json=parallel.json")
-    parallel.assert_outcomes(passed=3, failed=3, skipped=3)
+    parallel.assert_outcomes(passed=4, failed=3, skipped=3)
     assert _records(pytester.path / "parallel.json") == _records(pytester.path / "serial.json")
     serial.stdout.no_fnmatch_line("*contended*")
     parallel.stdout.fnmatch_lines(["test_pass[[]compiled[]]::double *contended", "contended: *"])

@@ -165,9 +165,36 @@ def test_timing_a_stateful_function_leaves_its_declared_state_as_the_test_left_i
             assert state[0].item() == 2.0
         """
     )
-    result = run("-p", "no:randomly", FAST)
+    result = run(FAST)
     result.assert_outcomes(passed=2)
     result.stdout.fnmatch_lines(["test_a::step *"])
+
+
+def test_a_mode_that_fails_midway_leaves_no_placeholders_in_declared_state(pytester, run):
+    pytester.makepyfile(
+        """
+        from functools import partial
+
+        import mlx.core as mx
+        import pytest
+
+        state = [mx.random.state]
+
+        @partial(mx.compile, inputs=state, outputs=state)
+        def noisy(x):
+            return x + mx.random.uniform(shape=x.shape)
+
+        @pytest.mark.compiled(timings=True)
+        def test_a():
+            noisy(mx.ones(4))
+
+        def test_b():
+            assert mx.random.uniform(shape=(2,)).shape == (2,)
+        """
+    )
+    result = run(FAST)
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(["test_a::noisy *s *s *n/a *"])
 
 
 def test_timings_options_reject_a_non_positive_budget(pytester, run):
