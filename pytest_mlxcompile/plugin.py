@@ -86,7 +86,10 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 def _observers(item: pytest.Item, plan: variants.VariantPlan) -> list[instrument.Observer]:
     """The checks that watch this variant's calls (recompiles, sanitizer, timings)."""
-    observers: list[instrument.Observer] = []
+    return [*_timing_observers(item, plan)]
+
+
+def _timing_observers(item: pytest.Item, plan: variants.VariantPlan) -> list[instrument.Observer]:
     chosen = item.config.stash[settings_key]
     callspec = getattr(item, "callspec", None)
     modes = timing.auto_modes(
@@ -97,11 +100,12 @@ def _observers(item: pytest.Item, plan: variants.VariantPlan) -> list[instrument
         timings_on=chosen.timings,
         in_matrix=callspec is not None and variants.MODE_PARAM in callspec.params,
     )
-    if modes is not None:
-        budget = timing.Budget(max_time=chosen.timings_budget)
-        item.stash[last_calls_key] = last = timing.LastCalls(modes, budget)
-        observers.append(last)
-    return observers
+    if modes is None:
+        return []
+    item.stash[last_calls_key] = last = timing.LastCalls(
+        modes, timing.Budget(max_time=chosen.timings_budget)
+    )
+    return [last]
 
 
 # tryfirst: the variant must be active before any fixture's setup calls compiled code.
@@ -146,20 +150,9 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None]:
 def _gate(item: pytest.Item, timings: list[timing.FunctionTiming]) -> None:
     """--mlx-compare-fail: fail this test (an ordinary failure) if its timings regressed."""
     baseline, rules = item.config.stash[baseline_key], item.config.stash[settings_key].compare_fail
-    if baseline is None or not rules:
-        return
-    lines = [
-        line
-        for current in timings
-        if (base := baseline.get(item.nodeid, current)) is not None
-        for line in report.regressions(current, base, rules)
-    ]
-    if lines:
-        pytest.fail(
-            "pytest-mlxcompile: timings regressed against the baseline "
-            f"{baseline.path}:\n  " + "\n  ".join(lines),
-            pytrace=False,
-        )
+    message = report.gate(item.nodeid, timings, baseline, rules)
+    if message is not None:
+        pytest.fail(message, pytrace=False)
 
 
 @pytest.hookimpl(wrapper=True)

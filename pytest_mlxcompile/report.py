@@ -32,6 +32,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "Baseline",
     "Collector",
+    "gate",
     "machine_info",
     "regressions",
     "variant_record",
@@ -291,6 +292,28 @@ def regressions(
                 f"{shown} ({change:+.0f}%), beyond {rule} and outside the baseline's spread"
             )
     return lines
+
+
+def gate(
+    nodeid: str,
+    timings: Iterable[FunctionTiming],
+    baseline: Baseline | None,
+    rules: Sequence[CompareRule],
+) -> str | None:
+    """The failure message for a test whose timings regressed, or None."""
+    if baseline is None or not rules:
+        return None
+    lines = [
+        line
+        for current in timings
+        if (base := baseline.get(nodeid, current)) is not None
+        for line in regressions(current, base, rules)
+    ]
+    if not lines:
+        return None
+    return f"pytest-mlxcompile: timings regressed against the baseline {baseline.path}:\n  " + (
+        "\n  ".join(lines)
+    )
 
 
 # terminal --------------------------------------------------------------------------------------
