@@ -382,30 +382,37 @@ def _round(mode: _Mode) -> float:
         return (time.perf_counter() - start) / n
 
 
-def _prepare(mode: _Mode, budget: Budget, snapshot: list[object]) -> Any:
-    """First call, warm-up, graph size, peak memory and calibration; returns one call's output."""
+def _timed_call(mode: _Mode) -> tuple[Any, float]:
     mx = _mlx.core()
-    for snap in snapshot:
-        restore(snap)
     mx.synchronize()
     start = time.perf_counter()
     out = mode.evaluated()
     mx.synchronize()
+    return out, time.perf_counter() - start
+
+
+def _prepare(mode: _Mode, budget: Budget, snapshot: list[object]) -> Any:
+    """First call, warm-up, graph size, peak memory and calibration; returns one call's output."""
+    for snap in snapshot:
+        restore(snap)
+    out, per_call = _timed_call(mode)
     if mode.mode.compiles:
-        mode.timing.first_call = time.perf_counter() - start
+        mode.timing.first_call = per_call
     for _ in range(budget.warmup):
-        out = mode.evaluated()
+        if per_call > budget.max_time / 20:
+            break  # a slow function is warm after one call; more would eat the budget
+        out, per_call = _timed_call(mode)
+    del out
     with instrument.detached(mode.mode):
         lazy = mode.call()
     mode.timing.nodes, mode.timing.kernels = count_nodes(_arrays(lazy))
-    del lazy, out
-    mode.timing.peak_memory = _peak_memory(mode)
-    one = _round(mode)
-    mode.iterations = max(1, math.ceil(budget.min_round / max(one, 1e-9)))
-    return mode.evaluated()
+    del lazy
+    mode.timing.peak_memory, out = _peak_memory(mode)
+    mode.iterations = max(1, math.ceil(budget.min_round / max(per_call, 1e-9)))
+    return out
 
 
-def _peak_memory(mode: _Mode) -> int:
+def _peak_memory(mode: _Mode) -> tuple[int, Any]:
     """reference/mlx-compile-probe.md §9: clear the cache, reset the peak, run, read the peak."""
     mx = _mlx.core()
     mx.synchronize()
@@ -414,9 +421,7 @@ def _peak_memory(mode: _Mode) -> int:
     baseline = mx.get_active_memory()
     out = mode.evaluated()
     mx.synchronize()
-    peak = max(int(mx.get_peak_memory() - baseline), 0)
-    del out
-    return peak
+    return max(int(mx.get_peak_memory() - baseline), 0), out
 
 
 def _why_not(mode: Mode, target: Target, exc: Exception) -> str:
