@@ -7,6 +7,11 @@ from pathlib import Path
 import pytest
 from schema_check import validate
 
+from pytest_mlxcompile.modes import Mode
+from pytest_mlxcompile.report import regressions
+from pytest_mlxcompile.settings import parse_compare_fail
+from pytest_mlxcompile.timing import FunctionTiming, ModeTiming, Stats
+
 SCHEMA = json.loads(
     (Path(__file__).parent.parent / "pytest_mlxcompile" / "report.schema.json").read_text()
 )
@@ -254,3 +259,34 @@ def test_bad_compare_options_are_usage_errors_naming_the_value(pytester, run, ar
     result = run(*args)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines([message])
+
+
+def _compiled(median: float, spread: float, paired: tuple[float, float]) -> FunctionTiming:
+    def stats(value: float) -> Stats:
+        return Stats(value * (1 - spread), value, value * (1 - spread), value * (1 + spread), 9, 1)
+
+    return FunctionTiming(
+        "f",
+        "f.py:1",
+        {
+            Mode.EAGER: ModeTiming(stats=stats(1.0)),
+            Mode.COMPILED: ModeTiming(stats=stats(median), paired_ratio=paired),
+        },
+    )
+
+
+@pytest.mark.parametrize(
+    ("rule", "now", "regressed"),
+    [
+        ("compiled.median:5%", _compiled(0.60, 0.2, (1.5, 1.8)), False),  # +20%, inside spread
+        ("compiled.median:5%", _compiled(0.90, 0.05, (1.0, 1.2)), True),
+        ("compiled.median:100%", _compiled(0.90, 0.05, (1.0, 1.2)), False),  # +80% < 100%
+        ("speedup:10%", _compiled(0.60, 0.05, (1.6, 1.8)), False),  # 2.0x -> 1.67x, ranges meet
+        ("speedup:10%", _compiled(0.90, 0.05, (1.0, 1.2)), True),
+    ],
+    ids=["noise", "slower", "under-percent", "overlapping-ranges", "speedup-drop"],
+)
+def test_a_regression_must_exceed_both_the_percent_and_the_baselines_spread(rule, now, regressed):
+    base = _compiled(0.50, 0.1, (1.7, 2.2))
+    (parsed,) = parse_compare_fail(rule, "test")
+    assert bool(regressions(now, base, [parsed])) is regressed

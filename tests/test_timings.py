@@ -239,3 +239,11 @@ def test_rows_are_flagged_when_compiling_does_not_pay(eager, compiled, spread, f
 def test_break_even_is_compile_cost_over_time_saved_and_never_when_nothing_is_saved():
     assert _timing(1.0, 0.5, 0.1, 5.5).break_even() == pytest.approx(10.0)
     assert math.isinf(_timing(1.0, 1.5, 0.1, 5.5).break_even())
+
+
+def test_the_ini_file_turns_timings_on_with_its_own_budget(pytester, run):
+    pytester.makeini("[pytest]\nmlx_timings = true\nmlx_timings_budget = 0.05\n")
+    pytester.makepyfile(GELU + "\n@pytest.mark.compiled\ndef test_x():\n    gelu(mx.ones(3))\n")
+    result = run()
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*= mlx timings =*", "test_x::gelu *"])
