@@ -403,10 +403,14 @@ def _prepare(mode: _Mode, budget: Budget, snapshot: list[object]) -> Any:
             break  # a slow function is warm after one call; more would eat the budget
         out, per_call = _timed_call(mode)
     del out
+    # This call is never evaluated: put back the state it wrote, or the next call evaluates it.
+    saved = [capture(root) for root in mode.target.state_roots()]
     with instrument.detached(mode.mode):
         lazy = mode.call()
     mode.timing.nodes, mode.timing.kernels = count_nodes(_arrays(lazy))
     del lazy
+    for snap in saved:
+        restore(snap)
     mode.timing.peak_memory, out = _peak_memory(mode)
     mode.iterations = max(1, math.ceil(budget.min_round / max(per_call, 1e-9)))
     return out
