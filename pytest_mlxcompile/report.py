@@ -168,11 +168,13 @@ class Collector:
         nodeid = report.nodeid
         self._outcomes[nodeid] = _outcome(self._outcomes.get(nodeid), report)
         self._durations[nodeid] = self._durations.get(nodeid, 0.0) + report.duration
+        if report.when != "teardown":
+            return
+        outcome, duration = self._outcomes.pop(nodeid), self._durations.pop(nodeid)
         text = getattr(report, "mlx_record", None)
-        if report.when == "teardown" and isinstance(text, str):
+        if isinstance(text, str):
             record = json.loads(text)
-            record["outcome"] = self._outcomes.get(nodeid)
-            record["duration"] = self._durations.get(nodeid, 0.0)
+            record["outcome"], record["duration"] = outcome, duration
             self.records[nodeid] = record
 
     def timings(self) -> list[tuple[str, FunctionTiming]]:
