@@ -44,6 +44,8 @@ def pytest_configure(config: pytest.Config) -> None:
     _patch_mlx(config)
 
 
+# trylast: after @pytest.mark.parametrize, so the mode comes last in ids: test_x[1-compiled].
+@pytest.hookimpl(trylast=True)
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     variants.parametrize(metafunc, metafunc.config.stash[settings_key])
 
