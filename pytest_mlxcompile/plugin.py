@@ -15,6 +15,7 @@ from pytest_mlxcompile.modes import Mode
 
 settings_key = pytest.StashKey[settings.Settings]()
 patched_key = pytest.StashKey[bool]()
+late_key = pytest.StashKey[bool]()
 run_key = pytest.StashKey[instrument.VariantRun]()
 globals_key = pytest.StashKey["GlobalState | None"]()
 
@@ -23,6 +24,7 @@ def _patch_mlx(config: pytest.Config) -> None:
     if config.stash.get(patched_key, False):
         return
     config.stash[patched_key] = True
+    config.stash[late_key] = _mlx.is_loaded() and instrument.installed() is None
     undo = _mlx.on_load(instrument.install)
     config.add_cleanup(instrument.uninstall)
     config.add_cleanup(undo)
@@ -42,6 +44,16 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", MARKER_HELP)
     config.stash[settings_key] = settings.resolve(config)
     _patch_mlx(config)
+    if config.stash[late_key]:
+        config.issue_config_time_warning(
+            pytest.PytestConfigWarning(
+                "pytest-mlxcompile: mlx.core was imported before the plugin loaded, so functions "
+                "compiled before then are plain mx.compile and do not follow the test variants. "
+                "Load the plugin first: let pytest load it (no early 'import mlx' in the process "
+                "that starts pytest or in plugins loaded before it)."
+            ),
+            stacklevel=2,
+        )
 
 
 # trylast: after @pytest.mark.parametrize, so the mode comes last in ids: test_x[1-compiled].

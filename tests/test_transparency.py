@@ -191,3 +191,22 @@ def test_outside_marked_tests_compiled_functions_pass_straight_through(pytester,
         """
     )
     run("--mlx-compile-matrix").assert_outcomes(passed=1)
+
+
+def test_mlx_imported_before_the_plugin_is_reported_as_a_warning(pytester):
+    pytester.makepyfile(
+        test_x="""
+        def test_x():
+            pass
+        """,
+        start="""
+        import sys
+        import mlx.core  # before pytest loads its plugins
+        import pytest
+        sys.exit(pytest.main(["-p", "mlxcompile", "-p", "no:cacheprovider", "-W", "default"]))
+        """,
+    )
+    result = pytester.runpython(pytester.path / "start.py")
+    result.stdout.fnmatch_lines(
+        ["*PytestConfigWarning: pytest-mlxcompile: mlx.core was imported before the plugin loaded*"]
+    )
