@@ -95,6 +95,22 @@ def pytest_runtest_setup(item: pytest.Item) -> Generator[None]:
     return result
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Generator[None]:
+    try:
+        return (yield)
+    except RuntimeError as exc:
+        backend = _mlx.missing_backend(exc) if run_key in item.stash else None
+        if backend is None:
+            raise
+        skip = pytest.skip.Exception(
+            f"needs MLX's {backend} backend for a custom kernel, which this build lacks "
+            f"(default device: {_mlx.core().default_device()}): {exc}"
+        )
+        # keep the kernel call's traceback, so the skip points at the user's line
+        raise skip.with_traceback(exc.__traceback__) from None
+
+
 # trylast: stop the variant and restore MLX only after every fixture has been torn down.
 @pytest.hookimpl(wrapper=True, trylast=True)
 def pytest_runtest_teardown(item: pytest.Item) -> Generator[None]:

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import pytest
+
 
 def test_a_function_mlx_cannot_compile_shapeless_skips_its_shapeless_variant_with_the_reason(
     pytester, run
@@ -75,3 +77,44 @@ def test_a_refused_shapeless_trace_leaves_no_placeholder_in_declared_state(pytes
     )
     result = run("--mlx-compile-matrix", "-p", "no:randomly")
     result.assert_outcomes(passed=1, skipped=1)
+
+
+KERNEL_TEST = """
+    import mlx.core as mx
+    import pytest
+
+    def call_metal_kernel():
+        kernel = mx.fast.metal_kernel(
+            name="copy", input_names=["a"], output_names=["b"],
+            source="uint i = thread_position_in_grid.x; b[i] = a[i];",
+        )
+        return kernel(inputs=[mx.ones(4)], grid=(4, 1, 1), threadgroup=(4, 1, 1),
+                      output_shapes=[(4,)], output_dtypes=[mx.float32])
+
+    {marker}
+    def test_kernel():
+        call_metal_kernel()
+"""
+
+
+def test_a_marked_test_whose_custom_kernel_backend_is_missing_skips_with_the_reason(pytester, run):
+    mx = pytest.importorskip("mlx.core")
+    if mx.metal.is_available():
+        pytest.skip("Metal is present: the kernel runs")
+    pytester.makepyfile(KERNEL_TEST.format(marker="@pytest.mark.compiled"))
+    result = run("-rs")
+    result.assert_outcomes(skipped=1)
+    result.stdout.fnmatch_lines(
+        [
+            "SKIPPED [[]1[]] test_*.py:9: needs MLX's Metal backend for a custom kernel, which "
+            "this build lacks (default device: Device(*)): [[]metal_kernel[]] No Metal back-end."
+        ]
+    )
+
+
+def test_an_unmarked_test_whose_kernel_backend_is_missing_still_fails(pytester, run):
+    mx = pytest.importorskip("mlx.core")
+    if mx.metal.is_available():
+        pytest.skip("Metal is present: the kernel runs")
+    pytester.makepyfile(KERNEL_TEST.format(marker=""))
+    run().assert_outcomes(failed=1)
