@@ -103,3 +103,22 @@ def random_key_list() -> list[Any]:
             f"version ({core().__version__}); please report it"
         )
     return target
+
+
+#: MLX's errors for a custom kernel whose backend this build lacks (probe §11): the kernel can be
+#: built everywhere but raises when called.
+_MISSING_BACKEND = {
+    "[metal_kernel] No Metal back-end": "Metal",
+    "[cuda_kernel] No CUDA back-end": "CUDA",
+}
+
+
+def missing_backend(exc: BaseException) -> str | None:
+    """``"Metal"``/``"CUDA"`` when ``exc`` says a custom kernel's backend is absent, else None."""
+    if not isinstance(exc, RuntimeError):
+        return None
+    text = str(exc)
+    for prefix, backend in _MISSING_BACKEND.items():
+        if text.startswith(prefix):
+            return backend
+    return None

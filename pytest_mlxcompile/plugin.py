@@ -16,6 +16,7 @@ from pytest_mlxcompile.modes import Mode
 
 settings_key = pytest.StashKey[settings.Settings]()
 patched_key = pytest.StashKey[bool]()
+late_key = pytest.StashKey[bool]()
 run_key = pytest.StashKey[instrument.VariantRun]()
 globals_key = pytest.StashKey["GlobalState | None"]()
 collector_key = pytest.StashKey[report.Collector]()
@@ -28,6 +29,7 @@ def _patch_mlx(config: pytest.Config) -> None:
     if config.stash.get(patched_key, False):
         return
     config.stash[patched_key] = True
+    config.stash[late_key] = _mlx.is_loaded() and instrument.installed() is None
     undo = _mlx.on_load(instrument.install)
     config.add_cleanup(instrument.uninstall)
     config.add_cleanup(undo)
@@ -47,6 +49,16 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", MARKER_HELP)
     config.stash[settings_key] = resolved = settings.resolve(config)
     _patch_mlx(config)
+    if config.stash[late_key]:
+        config.issue_config_time_warning(
+            pytest.PytestConfigWarning(
+                "pytest-mlxcompile: mlx.core was imported before the plugin loaded, so functions "
+                "compiled before then are plain mx.compile and do not follow the test variants. "
+                "Load the plugin first: let pytest load it (no early 'import mlx' in the process "
+                "that starts pytest or in plugins loaded before it)."
+            ),
+            stacklevel=2,
+        )
     config.stash[collector_key] = collector = report.Collector()
     config.pluginmanager.register(collector, "mlxcompile-collector")  # its logreport hook
     config.stash[baseline_key] = (
@@ -80,6 +92,8 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     return lines
 
 
+# trylast: after @pytest.mark.parametrize, so the mode comes last in ids: test_x[1-compiled].
+@pytest.hookimpl(trylast=True)
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     variants.parametrize(metafunc, metafunc.config.stash[settings_key])
 
@@ -138,7 +152,19 @@ def pytest_runtest_setup(item: pytest.Item) -> Generator[None]:
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item: pytest.Item) -> Generator[None]:
-    result = yield  # a failed test is not timed: its last call may be the one that broke
+    try:
+        result = yield
+    except RuntimeError as exc:
+        backend = _mlx.missing_backend(exc) if run_key in item.stash else None
+        if backend is None:
+            raise
+        skip = pytest.skip.Exception(
+            f"needs MLX's {backend} backend for a custom kernel, which this build lacks "
+            f"(default device: {_mlx.core().default_device()}): {exc}"
+        )
+        # keep the kernel call's traceback, so the skip points at the user's line
+        raise skip.with_traceback(exc.__traceback__) from None
+    # Only a passed test gets here: a failed one is not timed, its last call may be what broke.
     last = item.stash.get(last_calls_key, None)
     timings = item.stash.setdefault(timings_key, [])
     if last is not None:

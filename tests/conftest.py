@@ -1,8 +1,13 @@
 from __future__ import annotations
 
+import mlx.core
 import pytest
 
 pytest_plugins = ["pytester"]
+
+# Imported here, before any test: pytester restores sys.modules after each test, and importing
+# MLX's extension module a second time in one process aborts.
+GPU = mlx.core.cuda.is_available() or mlx.core.metal.is_available()
 
 
 @pytest.fixture

@@ -112,3 +112,29 @@ def test_a_bad_option_value_is_a_usage_error_naming_it(pytester, run, option, me
     result = run(option)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines([f"ERROR: pytest-mlxcompile: {message.lstrip('*')}"])
+
+
+def test_every_test_variant_starts_with_a_fresh_compile_cache(pytester, run):
+    pytester.makepyfile(
+        """
+        import mlx.core as mx
+        import pytest
+
+        TRACES = []
+
+        @mx.compile
+        def double(x):
+            TRACES.append(1)
+            return x * 2
+
+        @pytest.mark.compiled
+        @pytest.mark.parametrize("case", ["first", "second"])
+        def test_x(case):
+            TRACES.clear()
+            double(mx.ones(2)); double(mx.ones(2))
+            print(case, "traced", len(TRACES))
+        """
+    )
+    result = run("--mlx-parity=off", "-s")
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(["*first traced 1*", "*second traced 1*"])

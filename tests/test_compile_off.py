@@ -1,0 +1,57 @@
+"""A run where mx.compile silently compiles nothing must never be green."""
+
+from __future__ import annotations
+
+import pytest
+
+MARKED = """
+    import mlx.core as mx
+    import pytest
+
+    @pytest.mark.compiled
+    def test_x():
+        mx.compile(lambda x: x * 2)(mx.ones(2))
+"""
+
+
+def test_mlx_disable_compile_in_the_environment_errors_the_compiled_variants(
+    pytester, run, monkeypatch
+):
+    monkeypatch.setenv("MLX_DISABLE_COMPILE", "0")
+    pytester.makepyfile(MARKED)
+    result = run("--mlx-compile-matrix", "-v")
+    result.assert_outcomes(passed=1, errors=2)
+    result.stdout.fnmatch_lines(
+        [
+            "E *CompileDisabledError: mx.compile is switched off, so the [[]compiled[]] variant "
+            "would run eagerly and prove nothing: the environment variable MLX_DISABLE_COMPILE "
+            "is set (to '0'; MLX treats any value, even 0, as off). Fix: unset it, or run only "
+            "--mlx-modes=eager",
+        ]
+    )
+
+
+def test_the_eager_mode_alone_still_runs_when_compile_is_off(pytester, run, monkeypatch):
+    monkeypatch.setenv("MLX_DISABLE_COMPILE", "1")
+    pytester.makepyfile(MARKED)
+    run("--mlx-compile-matrix", "--mlx-modes=eager").assert_outcomes(passed=1)
+
+
+def test_no_gxx_on_path_errors_the_compiled_variants_on_the_cpu_backend(
+    pytester, run, monkeypatch, tmp_path
+):
+    mx = pytest.importorskip("mlx.core")
+    if mx.default_device() != mx.cpu:
+        pytest.skip("only the CPU backend needs g++")
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))
+    pytester.makepyfile(MARKED)
+    result = run("--mlx-compile-matrix")
+    result.assert_outcomes(passed=1, errors=2)
+    result.stdout.fnmatch_lines(
+        [
+            "E *CompileDisabledError: *the CPU backend JIT-compiles fused kernels with g++ and "
+            "there is no g++ on PATH, so MLX skips compilation. Fix: install g++*",
+        ]
+    )

@@ -1,0 +1,94 @@
+"""After every test, pass or fail, MLX's global state is as the test found it."""
+
+from __future__ import annotations
+
+
+def test_a_test_that_disables_compile_does_not_change_what_the_next_test_sees(pytester, run):
+    pytester.makepyfile(
+        """
+        import mlx.core as mx
+        import pytest
+
+        RUNS = []
+
+        def body(x):
+            RUNS.append(1)
+            return x * 2
+
+        def test_disables():
+            mx.disable_compile()
+            assert False, "fails while compile is off"
+
+        @pytest.mark.compiled
+        def test_next_sees_compile_on():
+            f = mx.compile(body)
+            f(mx.ones(2)); f(mx.ones(2))
+            assert len(RUNS) == 1 + 2  # one trace, plus the two eager shadow runs
+        """
+    )
+    result = run("-v")
+    result.assert_outcomes(passed=1, failed=1)
+
+
+def test_calling_compiled_code_after_disable_compile_in_a_compiled_test_is_an_error(pytester, run):
+    pytester.makepyfile(
+        """
+        import mlx.core as mx
+        import pytest
+
+        @pytest.mark.compiled
+        def test_turns_compile_off():
+            f = mx.compile(lambda x: x + 1)
+            mx.disable_compile()
+            f(mx.ones(2))
+        """
+    )
+    result = run()
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "E *CompileDisabledError: *.<lambda> [[]compiled[]] call 1: mx.compile was switched off"
+            " by mx.disable_compile() at test_*.py:7, so this call would run eagerly.*"
+        ]
+    )
+
+
+def test_the_default_device_and_stream_are_restored_after_a_test(pytester, run):
+    pytester.makepyfile(
+        """
+        import mlx.core as mx
+
+        ORIGINAL = mx.default_stream(mx.default_device())
+
+        def test_changes_stream():
+            mx.set_default_stream(mx.new_stream(mx.cpu))
+            assert mx.default_stream(mx.default_device()) != ORIGINAL
+
+        def test_sees_the_original_stream():
+            assert mx.default_stream(mx.default_device()) == ORIGINAL
+        """
+    )
+    run().assert_outcomes(passed=2)
+
+
+def test_a_placeholder_left_in_the_random_state_is_repaired_with_a_warning(pytester, run):
+    pytester.makepyfile(
+        """
+        from functools import partial
+        import mlx.core as mx
+
+        def test_poisons_rng():
+            @partial(mx.compile, inputs=mx.random.state)  # no outputs=: leaves a placeholder
+            def noisy(x):
+                return x + mx.random.normal(x.shape)
+            mx.eval(noisy(mx.ones(2)))
+
+        def test_random_still_works():
+            mx.eval(mx.random.normal((2,)))
+        """
+    )
+    result = run()
+    result.assert_outcomes(passed=2, warnings=1)
+    result.stdout.fnmatch_lines(
+        ["*PytestWarning: pytest-mlxcompile: the test left a placeholder in mx.random.state*"]
+    )

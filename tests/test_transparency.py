@@ -1,0 +1,212 @@
+"""The instrumented compile must behave exactly like mx.compile wherever users put it."""
+
+from __future__ import annotations
+
+
+def test_nested_compiled_functions_are_checked_only_at_the_outermost_call(pytester, run):
+    pytester.makepyfile(
+        """
+        import mlx.core as mx
+        import pytest
+
+        RUNS = {"inner": 0, "outer": 0}
+
+        @mx.compile
+        def inner(x):
+            RUNS["inner"] += 1
+            return mx.exp(x)
+
+        @mx.compile
+        def outer(x):
+            RUNS["outer"] += 1
+            return inner(x) * 2
+
+        @pytest.mark.compiled
+        def test_nested(mlx_mode):
+            for _ in range(3):
+                y = outer(mx.ones((2, 2)))
+            assert mx.allclose(y, 2 * mx.exp(mx.ones((2, 2)))).item()
+            print(f"{mlx_mode}: outer body {RUNS['outer']} inner body {RUNS['inner']}")
+            RUNS.update(inner=0, outer=0)
+        """
+    )
+    result = run("--mlx-compile-matrix", "-s")
+    result.assert_outcomes(passed=3)
+    # eager: 3 calls each; compiled: the outer trace runs inner's body once, plus the
+    # eager shadows (which run the plain functions and are not counted as traces)
+    result.stdout.fnmatch_lines(
+        [
+            "*eager: outer body 3 inner body 3*",
+            "*compiled: outer body 4 inner body 4*",
+            "*shapeless: outer body 4 inner body 4*",
+        ]
+    )
+
+
+def test_compiled_functions_work_under_grad_and_vmap(pytester, run):
+    pytester.makepyfile(
+        """
+        import mlx.core as mx
+        import pytest
+
+        @mx.compile
+        def loss(w, x):
+            return ((x @ w) ** 2).sum()
+
+        @mx.compile
+        def square(x):
+            return x * x
+
+        @pytest.mark.compiled
+        def test_grad_and_vmap():
+            w, x = mx.ones((3, 2)), mx.ones((4, 3))
+            g = mx.grad(loss)(w, x)
+            assert mx.allclose(g, 2 * x.T @ (x @ w)).item()
+            v = mx.vmap(square)(mx.arange(6.0).reshape(3, 2))
+            assert v.tolist() == [[0.0, 1.0], [4.0, 9.0], [16.0, 25.0]]
+            l, g2 = mx.value_and_grad(loss)(w, x)
+            assert mx.allclose(g2, g).item()
+        """
+    )
+    run("--mlx-compile-matrix").assert_outcomes(passed=3)
+
+
+def test_bound_methods_modules_and_partial_with_state_work(pytester, run):
+    pytester.makepyfile(
+        """
+        from functools import partial
+        import mlx.core as mx
+        import mlx.nn as nn
+        import pytest
+
+        class Scaler:
+            def __init__(self):
+                self.factor = 3.0
+            def apply(self, x):
+                return x * self.factor
+
+        class Net(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.linear = nn.Linear(4, 2)
+            def __call__(self, x):
+                return nn.gelu(self.linear(x))
+
+        @pytest.mark.compiled
+        def test_kinds_of_callables():
+            s = Scaler()
+            assert mx.compile(s.apply)(mx.ones(2)).tolist() == [3.0, 3.0]
+            net = Net()
+            # unevaluated initial weights would pull their RandomBits graph into the trace
+            mx.eval(net.parameters())
+            x = mx.ones((5, 4))
+            assert mx.allclose(mx.compile(net)(x), net(x)).item()
+            assert mx.allclose(mx.compile(net.__call__)(x), net(x)).item()
+            total = {"sum": mx.array(0.0)}
+
+            @partial(mx.compile, inputs=total, outputs=total)
+            def accumulate(x):
+                total["sum"] = total["sum"] + x.sum()
+                return total["sum"]
+
+            for _ in range(3):
+                accumulate(mx.ones(2))
+            assert total["sum"].item() == 6.0
+        """
+    )
+    run("--mlx-compile-matrix").assert_outcomes(passed=3)
+
+
+def test_exceptions_from_the_compiled_function_are_the_ones_mx_compile_raises(pytester, run):
+    pytester.makepyfile(
+        """
+        import mlx.core as mx
+        import numpy as np
+        import pytest
+
+        @mx.compile
+        def add(x, y):
+            return x + y
+
+        @pytest.mark.compiled
+        def test_errors():
+            with pytest.raises(ValueError, match="Function arguments must be trees of arrays"):
+                add(mx.ones(2), np.ones(2))
+            with pytest.raises(ValueError, match="broadcast"):
+                add(mx.ones(2), mx.ones(3))
+        """
+    )
+    result = run("--mlx-compile-matrix", "--mlx-modes=compiled,shapeless")
+    result.assert_outcomes(passed=2)
+
+
+def test_the_mlx_compile_fixture_puts_a_test_in_the_matrix(pytester, run):
+    pytester.makepyfile(
+        """
+        import mlx.core as mx
+
+        def test_uses_fixture(mlx_compile, mlx_mode):
+            f = mlx_compile(lambda x: x + 1)
+            assert f(mx.ones(2)).tolist() == [2.0, 2.0]
+            print("ran in", mlx_mode)
+        """
+    )
+    result = run("--mlx-compile-matrix", "-v")
+    result.assert_outcomes(passed=3)
+    result.stdout.fnmatch_lines(["*::test_uses_fixture[[]eager[]] PASSED*"])
+
+
+def test_mlx_helpers_compiled_inside_mlx_itself_are_left_alone(pytester, run):
+    pytester.makepyfile(
+        """
+        import mlx.core as mx
+        import mlx.nn as nn
+        import pytest
+
+        @pytest.mark.compiled
+        def test_nn_gelu_is_plain_mlx():
+            assert "InstrumentedFunction" not in type(nn.gelu).__name__
+            assert type(mx.compile(lambda x: x)).__name__ == "InstrumentedFunction"
+        """
+    )
+    run().assert_outcomes(passed=1)
+
+
+def test_outside_marked_tests_compiled_functions_pass_straight_through(pytester, run):
+    pytester.makepyfile(
+        """
+        import mlx.core as mx
+
+        RUNS = []
+
+        @mx.compile
+        def f(x):
+            RUNS.append(1)
+            return x + 1
+
+        def test_unmarked():
+            for _ in range(3):
+                f(mx.ones(2))
+            assert len(RUNS) == 1
+        """
+    )
+    run("--mlx-compile-matrix").assert_outcomes(passed=1)
+
+
+def test_mlx_imported_before_the_plugin_is_reported_as_a_warning(pytester):
+    pytester.makepyfile(
+        test_x="""
+        def test_x():
+            pass
+        """,
+        start="""
+        import sys
+        import mlx.core  # before pytest loads its plugins
+        import pytest
+        sys.exit(pytest.main(["-p", "mlxcompile", "-p", "no:cacheprovider", "-W", "default"]))
+        """,
+    )
+    result = pytester.runpython(pytester.path / "start.py")
+    result.stdout.fnmatch_lines(
+        ["*PytestConfigWarning: pytest-mlxcompile: mlx.core was imported before the plugin loaded*"]
+    )
