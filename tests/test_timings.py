@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 
@@ -12,6 +13,7 @@ FAST = "--mlx-timings-budget=0.05"
 
 GELU = """
 import math
+from pathlib import Path
 
 import mlx.core as mx
 import pytest
@@ -247,3 +249,21 @@ def test_the_ini_file_turns_timings_on_with_its_own_budget(pytester, run):
     result = run()
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(["*= mlx timings =*", "test_x::gelu *"])
+
+
+def test_the_examples_under_timings_show_gelu_fused_and_the_matmul_with_nothing_to_fuse(
+    pytester, run
+):
+    examples = Path(__file__).resolve().parent.parent / "examples"
+    for path in examples.glob("*.py"):
+        pytester.makepyfile(**{path.stem: path.read_text()})
+    result = run("--mlx-compile-matrix", "--mlx-timings", FAST)
+    result.stdout.fnmatch_lines_random(
+        [
+            "test_gelu_*[[]mlx.core.float32-compiled[]]::gelu *s *s *s *.??x [[]*-*[]] *s *call* "
+            "*.??x *8 -> 1*",
+            "test_projection_matches_a_plain_matmul[[]compiled[]]::project *1 -> 1*",
+            "test_a_compiled_training_step_lowers_the_loss[[]compiled[]]::make_step.<locals>.step "
+            "*s *s *n/a *",
+        ]
+    )
