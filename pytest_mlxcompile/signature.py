@@ -256,9 +256,10 @@ def _entry_reasons(path: str, old: Entry, new: Entry, shapeless: bool) -> list[R
     if old.mlx_key(shapeless) == new.mlx_key(shapeless):
         return []
     if new.kind in CONSTANTS:
-        return [
-            Reason("constant", f"{path} ({new.kind}) {_value(old.value)} -> {_value(new.value)}")
-        ]
+        if old.kind != new.kind:  # int 1 -> bool True is one key to MLX; int 7 -> True is not
+            return [Reason("constant", f"{path} {old.describe()} -> {new.describe()}")]
+        text = f"{path} ({new.kind}) {_value(old.value)} -> {_value(new.value)}"
+        return [Reason("constant", text)]
     if new_kind == "list":
         return [Reason("structure", f"{path} {old.describe()} -> {new.describe()}")]
     if new.kind == "dict":
