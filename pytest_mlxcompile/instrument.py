@@ -30,9 +30,11 @@ __all__ = [
     "InstrumentedFunction",
     "Observer",
     "VariantRun",
+    "activate",
     "active_run",
     "install",
     "installed",
+    "running_eagerly",
     "uninstall",
 ]
 
@@ -127,10 +129,29 @@ def instrumented_compile(
 ) -> Callable[..., Any]:
     """Drop-in for ``mx.compile``: returns a function that follows the current test variant."""
     assert _patches is not None, "pytest-mlxcompile: instrumented_compile called while uninstalled"
+    caller = sys._getframe(1)
     # MLX's own compiled helpers (mlx.nn activations) are not the user's code under test.
-    if sys._getframe(1).f_globals.get("__name__", "").startswith("mlx."):
+    if caller.f_globals.get("__name__", "").startswith("mlx."):
         return _patches.compile(fun, inputs, outputs, shapeless)  # type: ignore[no-any-return]
-    return InstrumentedFunction(fun, inputs, outputs, shapeless, _patches.compile)
+    compiled = InstrumentedFunction(fun, inputs, outputs, shapeless, _patches.compile)
+    compiled.compiled_at = (caller.f_code.co_filename, caller.f_lineno)
+    return compiled
+
+
+def activate(run: VariantRun | None) -> VariantRun | None:
+    """Make ``run`` the active variant without the start-up checks; returns the previous one.
+
+    For budgets outside pytest (``max_recompiles``), which switch their own run in per call.
+    """
+    global _active
+    previous = _active
+    _active = run
+    return previous
+
+
+def running_eagerly() -> bool:
+    """True in an eager variant or an eager shadow run: Python bodies run without tracing."""
+    return _tls.eager or (_active is not None and _active.mode is Mode.EAGER)
 
 
 def describe(fun: object) -> tuple[str, str]:
@@ -187,6 +208,8 @@ class InstrumentedFunction:
         self.outputs = outputs
         self.shapeless = bool(shapeless)
         self.name, self.where = describe(fun)
+        #: (file, line) of the ``mx.compile`` call, when it came through ``instrumented_compile``
+        self.compiled_at: tuple[str, int] | None = None
         self.__wrapped__ = fun
         self.__doc__ = getattr(fun, "__doc__", None)
 
@@ -292,6 +315,7 @@ class FunctionRecord:
             return body
 
         def observed_body(*args: Any, **kwargs: Any) -> Any:
+            __tracebackhide__ = True  # an observer's error (RecompileError) points at the call
             record.traces += 1
             for observer in observers:
                 observer.trace_started(record, args, kwargs)

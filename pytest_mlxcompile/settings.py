@@ -14,7 +14,15 @@ import pytest
 
 from pytest_mlxcompile.modes import ALL_MODES, Mode, parse_modes
 
-__all__ = ["OPTIONS", "Option", "Settings", "add_options", "parse_tolerance", "resolve"]
+__all__ = [
+    "OPTIONS",
+    "Option",
+    "Settings",
+    "add_options",
+    "parse_budget",
+    "parse_tolerance",
+    "resolve",
+]
 
 
 def parse_choice(*choices: str) -> Callable[[str, str], str]:
@@ -43,6 +51,16 @@ def parse_flag(value: str, source: str) -> bool:
     if lowered in ("0", "false", "no", "off"):
         return False
     raise ValueError(f"{source}: {value!r} is not a boolean (true/false)")
+
+
+def parse_budget(value: str, source: str) -> int | str:
+    """``auto`` or a number of retraces allowed after the first trace."""
+    text = value.strip()
+    if text == "auto":
+        return "auto"
+    if text.isdigit():
+        return int(text)
+    raise ValueError(f"{source}: {value!r} is not 'auto' or an int >= 0")
 
 
 @dataclass(frozen=True)
@@ -114,6 +132,17 @@ OPTIONS: tuple[Option, ...] = (
         None,
         metavar="ATOL",
     ),
+    Option(
+        "max_recompiles",
+        "--mlx-max-recompiles",
+        "Retraces allowed per compiled function per test variant after its first trace: a "
+        "number, or 'auto' (fail on retraces caused only by Python constants, by compiling the "
+        "same code again, or, in [shapeless], by shapes; allow and report the others) "
+        "(default: auto)",
+        parse_budget,
+        "auto",
+        metavar="auto|N",
+    ),
 )
 
 
@@ -125,6 +154,7 @@ class Settings:
     parity: str = "all"
     rtol: float | None = None
     atol: float | None = None
+    max_recompiles: int | str = "auto"
 
 
 def add_options(parser: pytest.Parser) -> None:
