@@ -239,8 +239,11 @@ class Rule:
     source: str
     #: for scoped budgets: retraces counted inside the scope, per function
     counts: dict[Hashable, int] = field(default_factory=dict)
-    #: for scoped budgets: only this function, or every function when None
-    key: Hashable | None = None
+    #: for scoped budgets: only this function (as the user named it), or every function
+    target: object = None
+
+    def applies(self, key: Hashable) -> bool:
+        return self.target is None or _key_matches(key, self.target)
 
     def describe(self) -> str:
         if self.limit == "auto":
@@ -431,7 +434,7 @@ class RecompileObserver(Observer):
         if key in self.function_rules:
             rules.append((self.function_rules[key], traces.retraces))
         for scope in self.scopes:
-            if scope.key is None or scope.key == key:
+            if scope.applies(key):
                 scope.counts[key] = scope.counts.get(key, 0) + 1
                 rules.append((scope, scope.counts[key]))
         for rule, used in rules:
@@ -569,10 +572,9 @@ class RecompileCounter:
         if observer is None:
             yield
             return
-        key = observer.find(fn)[0] if fn is not None else None
-        if fn is not None and key is None:
-            key = _PendingKey(fn)
-        scope = Rule(n, f"mlx_recompiles.budget({n})", key=key)
+        if fn is not None:
+            observer.find(fn)  # a function it cannot see is an error now, not a silent no-op
+        scope = Rule(n, f"mlx_recompiles.budget({n})", target=fn)
         observer.scopes.append(scope)
         try:
             yield
@@ -580,26 +582,14 @@ class RecompileCounter:
             observer.scopes.remove(scope)
 
 
-class _PendingKey:
-    """A function not called yet when its budget opened: matches once it has a key."""
-
-    def __init__(self, fn: object) -> None:
-        self.fn = fn
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, tuple) and _key_matches(other, self.fn)
-
-    def __hash__(self) -> int:
-        return id(self.fn)
-
-
-def _key_matches(key: tuple[object, ...], fn: object) -> bool:
+def _key_matches(key: Hashable, fn: object) -> bool:
+    """Whether the function the user named (compiled or plain) is the one behind ``key``."""
     if isinstance(fn, BudgetedFunction):
         fn = fn.__wrapped__
     if isinstance(fn, InstrumentedFunction):
-        return function_key(fn) == key
+        return bool(function_key(fn) == key)
     code = getattr(fn, "__code__", None)
-    return code is not None and key[0] is code
+    return code is not None and isinstance(key, tuple) and key[0] is code
 
 
 def _check_budget(n: object, source: str) -> None:

@@ -202,7 +202,7 @@ def diff(old: Signature, new: Signature) -> list[Reason]:
     reasons: list[Reason] = []
     if new.thread != old.thread:
         reasons.append(Reason("thread", "called from another thread"))
-    if new.stream != old.stream:
+    elif new.stream != old.stream:  # each thread has its own default stream: say it once
         reasons.append(Reason("stream", f"default stream {old.stream} -> {new.stream}"))
     before = dict(old.entries)
     after = dict(new.entries)
