@@ -32,6 +32,7 @@ __all__ = [
     "VariantRun",
     "activate",
     "active_run",
+    "current_transform",
     "install",
     "installed",
     "running_eagerly",
@@ -49,6 +50,9 @@ class _CallDepth(threading.local):
     depth = 0
     #: True inside the eager shadow: nested instrumented calls run the plain Python function.
     eager = False
+    #: The innermost transformation running (``"grad"``), "" outside any: MLX traces a compiled
+    #: function again on every call made under one, which recompile reports explain.
+    transform = ""
 
 
 _tls = _CallDepth()
@@ -107,14 +111,19 @@ def uninstall() -> None:
 
 
 def _marking_transform(transform: Callable[..., Any]) -> Callable[..., Any]:
+    name = getattr(transform, "__name__", "transformation")
+
     @functools.wraps(transform)
     def patched(fun: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         def inside(*a: Any, **k: Any) -> Any:
+            __tracebackhide__ = True
             _tls.depth += 1
+            outer, _tls.transform = _tls.transform, name
             try:
                 return fun(*a, **k)
             finally:
                 _tls.depth -= 1
+                _tls.transform = outer
 
         return transform(inside, *args, **kwargs)
 
@@ -147,6 +156,11 @@ def activate(run: VariantRun | None) -> VariantRun | None:
     previous = _active
     _active = run
     return previous
+
+
+def current_transform() -> str:
+    """The transformation (``"grad"``, ``"vmap"``) the current call runs under, or ""."""
+    return _tls.transform
 
 
 def running_eagerly() -> bool:
@@ -328,6 +342,7 @@ class FunctionRecord:
 
     def run_mode(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """Call in this variant's mode, with no checks (nested and transformed calls)."""
+        __tracebackhide__ = True
         if self.compiled is None:
             return self.body(*args, **kwargs)
         return self.compiled(*args, **kwargs)

@@ -97,6 +97,12 @@ _WHY_AND_FIX: dict[str, tuple[str, str]] = {
         "MLX keys its compile cache on the default stream",
         "call the compiled function under one default stream",
     ),
+    "transform": (
+        "MLX runs a compiled function's Python body again on every call made under a "
+        "transformation (mx.grad, mx.value_and_grad, mx.vmap, ...)",
+        "compile the transformed function instead, e.g. mx.compile(mx.grad(loss)), which "
+        "traces once",
+    ),
     "unknown": (
         "MLX traced again although the arguments it keys on look unchanged: an earlier trace "
         "raised, or another wrapper of the same function was deleted, which erases the shared "
@@ -105,7 +111,17 @@ _WHY_AND_FIX: dict[str, tuple[str, str]] = {
     ),
 }
 #: Which reason explains a retrace best when several changed at once.
-_PRIORITY = ("function", "constant", "ndim", "shape", "dtype", "structure", "thread", "stream")
+_PRIORITY = (
+    "function",
+    "constant",
+    "ndim",
+    "shape",
+    "dtype",
+    "structure",
+    "thread",
+    "stream",
+    "transform",
+)
 
 
 # history -----------------------------------------------------------------------------------------
@@ -114,7 +130,9 @@ class TraceEvent:
     """One trace of a function: its number, the call that caused it, why, and the signature."""
 
     trace: int
-    call: int
+    #: the outermost call of the test that traced; None under a transformation (mx.grad), whose
+    #: calls are not counted
+    call: int | None
     reasons: tuple[Reason, ...]
     signature: Signature
 
@@ -158,9 +176,15 @@ class FunctionTraces:
         return max(len(self.events) - 1, 0)
 
     def add(
-        self, signature: Signature, call: int, owner: object, new_object_at: str | None
+        self,
+        signature: Signature,
+        call: int | None,
+        owner: object,
+        new_object_at: str | None,
+        transform: str = "",
     ) -> TraceEvent:
-        """Record a trace; ``new_object_at`` is where a new object of this code was compiled."""
+        """Record a trace; ``new_object_at`` is where a new object of this code was compiled,
+        ``transform`` the transformation the call ran under."""
         if not self.events:
             reasons: tuple[Reason, ...] = ()
         elif new_object_at is not None:
@@ -172,6 +196,9 @@ class FunctionTraces:
         else:
             earlier = [event.signature for event in self.events]
             found = closest_diff(signature, earlier)
+            if not found and transform:
+                text = f"called under mx.{transform}, which traces compiled functions every call"
+                found = [Reason("transform", text)]
             unknown = Reason("unknown", "no change in the arguments MLX keys its cache on")
             reasons = tuple(found) or (unknown,)
         event = TraceEvent(len(self.events) + 1, call, reasons, signature)
@@ -194,9 +221,22 @@ class FunctionTraces:
             if len(self.events) > TABLE_ROWS and index == 1:
                 rows.append(f"{indent}  ...  ({hidden} more traces)")
             rows.append(
-                f"{indent}{event.trace:>5}  {event.call:>4}  {'; '.join(event.reason_texts)}"
+                f"{indent}{event.trace:>5}  {_call(event.call):>4}  {'; '.join(event.reason_texts)}"
             )
         return rows
+
+
+def _call(call: int | None) -> str:
+    return "-" if call is None else str(call)
+
+
+def _trace_text(event: TraceEvent) -> str:
+    call = "" if event.call is None else f" (call {event.call})"
+    return f"trace {event.trace}{call}"
+
+
+def _call_text(event: TraceEvent) -> str:
+    return f"trace {event.trace}" if event.call is None else f"call {event.call}"
 
 
 def function_key(fn: InstrumentedFunction) -> Hashable:
@@ -368,8 +408,10 @@ class RecompileObserver(Observer):
             shapeless=self.shapeless(record),
         )
         new_object = bool(traces.events) and not traces.signatures_of(record)
-        call = sum(r.calls for r in traces.records)
-        event = traces.add(signature, call, record, _compiled_at(record.fn) if new_object else None)
+        transform = instrument.current_transform()
+        call = None if transform else sum(r.calls for r in traces.records)
+        new_object_at = _compiled_at(record.fn) if new_object else None
+        event = traces.add(signature, call, record, new_object_at, transform)
         record.extra.setdefault("recompiles", []).append(event.as_dict(traces))
         message = self._violation(key, traces, event, self.shapeless(record))
         if message is not None:
@@ -452,7 +494,7 @@ class RecompileObserver(Observer):
         why, fix = _WHY_AND_FIX[event.kind]
         record = traces.records[-1]
         lines = [
-            f"{traces.name}{mode} call {event.call} retraced: {'; '.join(event.reason_texts)}",
+            f"{traces.name}{mode} {_call_text(event)} retraced: {'; '.join(event.reason_texts)}",
             f"  where: {traces.name} defined at {traces.where}, "
             f"compiled at {_compiled_at(record.fn)}",
             f"  budget: {budget}",
@@ -518,8 +560,7 @@ def _summary_entry(label: str, traces: FunctionTraces) -> dict[str, Any]:
         "where": traces.where,
         "traces": len(traces.events),
         "reasons": [
-            f"trace {event.trace} (call {event.call}): {'; '.join(event.reason_texts)}"
-            for event in traces.events[1:]
+            f"{_trace_text(event)}: {'; '.join(event.reason_texts)}" for event in traces.events[1:]
         ],
     }
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import fnmatch
 import json
 
 import pytest
@@ -487,3 +488,79 @@ def test_each_trace_is_recorded_as_plain_data_on_the_function_record():
         (1, 1, ["first trace: arg 0 'x' array (2,) float32, arg 1 'factor' int 2"]),
         (2, 3, ["arg 1 'factor' (int) 2 -> 3"]),
     ]
+
+
+def test_a_compiled_loss_under_mx_grad_is_reported_as_tracing_on_every_call(pytester, run):
+    pytester.makepyfile(
+        """
+        import mlx.core as mx
+
+        @mx.compile
+        def loss(w, x):
+            return (w * x).sum()
+
+        def test_train(mlx_compile):
+            grad = mx.grad(loss)
+            for _ in range(3):
+                grad(mx.ones(2), mx.ones(2))
+        """
+    )
+    result = run()
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*= recompiles =*",
+            "test_*.py::test_train: loss (test_*.py:3) traced 3 times",
+            "  trace 2: called under mx.grad, which traces compiled functions every call",
+        ]
+    )
+
+
+def _signature(*args, **kwargs):
+    from pytest_mlxcompile.signature import parameter_names, signature_of
+
+    def step(x, xs=None, offset=0, *rest, **options):
+        pass
+
+    return signature_of(args, kwargs, names=parameter_names(step))
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "reason"),
+    [
+        ("(x(4, 16),)", "(x(8, 16),)", "structure-free: arg 0 'x' shape (4, 16) -> (8, 16)"),
+        ("(x(4,), None, 7)", "(x(4,), None, 8)", "arg 2 'offset' (int) 7 -> 8"),
+        ("(x(4,), None, 1)", "(x(4,), None, 1.0)", "arg 2 'offset' int 1 -> float 1.0"),
+        ("(x(4,), [x(2)] * 2)", "(x(4,), [x(2)] * 3)", "arg 1 'xs' list of 2 -> list of 3"),
+        ("(x(4,), {'a': 1, 'b': 2})", "(x(4,), {'b': 2, 'a': 1})", "arg 1 'xs' dict key order*"),
+        ("(x(4,), [x(2), 3])", "(x(4,), [x(2), 4])", "arg 1 'xs'[[]1[]] (int) 3 -> 4"),
+        ("(x(4,), None, 0, 5)", "(x(4,), None, 0, 6)", "arg 3 (*rest) (int) 5 -> 6"),
+        ("(x(4,),)", "(x(4,), x(4,))", "arg 1 'xs' added (array (4,) float32)"),
+    ],
+)
+def test_a_signature_diff_names_the_argument_and_the_old_and_new_values(before, after, reason):
+    mx = pytest.importorskip("mlx.core")
+    from pytest_mlxcompile.signature import diff
+
+    def x(*shape):
+        return mx.ones(shape)
+
+    old = _signature(*eval(before, {"x": x}))
+    new = _signature(*eval(after, {"x": x}))
+    texts = [r.text for r in diff(old, new)]
+    pattern = reason.removeprefix("structure-free: ")
+    assert len(texts) == 1, texts
+    assert fnmatch.fnmatch(texts[0], pattern), texts
+
+
+def test_a_kwarg_that_becomes_an_array_and_true_after_1_read_as_users_expect():
+    mx = pytest.importorskip("mlx.core")
+    from pytest_mlxcompile.signature import diff
+
+    before = _signature(mx.ones(2), mask=None)
+    after = _signature(mx.ones(2), mask=mx.ones(2))
+    assert [r.text for r in diff(before, after)] == ["kwarg 'mask' None -> array"]
+    one, true = _signature(mx.ones(2), None, 1), _signature(mx.ones(2), None, True)
+    assert diff(one, true) == []
+    assert one.cache_key() == true.cache_key()
+    assert one.exact_key() != true.exact_key()
