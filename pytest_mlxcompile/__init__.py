@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pytest_mlxcompile import _mlx, instrument
 from pytest_mlxcompile.api import assert_compile_parity
+from pytest_mlxcompile.budget import max_recompiles
 from pytest_mlxcompile.errors import (
     CompileDisabledError,
     MLXCompileError,
@@ -18,7 +19,6 @@ from pytest_mlxcompile.errors import (
     UncapturedRandomStateError,
 )
 from pytest_mlxcompile.modes import Mode
-from pytest_mlxcompile.recompiles import max_recompiles
 
 __all__ = [
     "CompileDisabledError",
