@@ -11,7 +11,7 @@ compile a fresh function once).
 Signatures are computed only when a trace happens (inside the trace, from the tracers' shapes and
 dtypes), so cache hits cost nothing here, except for the cheap check for MLX's silent cache reuse
 (``True`` served by the graph traced for ``1``, a tuple by a list's): that runs on cache hits only
-for functions whose traced signatures contain an int, a bool, a list or a tuple.
+for functions traced with an int, bool, list or tuple as a top-level argument.
 """
 
 from __future__ import annotations

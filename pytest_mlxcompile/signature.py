@@ -101,17 +101,26 @@ class Signature:
             self.stream,
         )
 
-    @property
-    def ambiguous(self) -> bool:
-        return any(entry.ambiguous for _, entry in self.entries)
-
-    def describe(self) -> str:
-        """A one-line view of the top-level arguments, for the history table."""
+    def top_level(self) -> list[tuple[str, Entry]]:
+        """The arguments themselves, without what is nested inside them."""
         roots: list[str] = []
         for path, _ in self.entries:
             if not _under(path, roots):
                 roots.append(path)
-        top = [f"{path} {entry.describe()}" for path, entry in self.entries if path in roots]
+        return [(path, entry) for path, entry in self.entries if path in roots]
+
+    @property
+    def ambiguous(self) -> bool:
+        """An argument MLX could confuse with another kind (``True``/``1``, tuple/list).
+
+        Only top-level arguments: checking every cache hit of a function that takes a model
+        (lists of layers, int settings nested inside) would cost a full flatten per call.
+        """
+        return any(entry.ambiguous for _, entry in self.top_level())
+
+    def describe(self) -> str:
+        """A one-line view of the top-level arguments, for the history table."""
+        top = [f"{path} {entry.describe()}" for path, entry in self.top_level()]
         return ", ".join(top) if top else "no arguments"
 
 
