@@ -352,6 +352,9 @@ class RecompileObserver(Observer):
         self._collect = collect
         self._of_record: dict[int, tuple[Hashable, FunctionTraces]] = {}
         self._warned: set[int] = set()
+        #: (id(record), argument types) seen at traces: a cache hit with the same top-level types
+        #: cannot be a True-for-1 or tuple-for-list reuse, so it skips the signature (~1 us)
+        self._traced_types: set[tuple[int, Hashable]] = set()
         self._tracing = _Tracing()
 
     # lookups ---------------------------------------------------------------------------------
@@ -416,6 +419,7 @@ class RecompileObserver(Observer):
         new_object_at = _compiled_at(record.fn) if new_object else None
         event = traces.add(signature, call, record, new_object_at, transform)
         record.extra.setdefault("recompiles", []).append(event.as_dict(traces))
+        self._traced_types.add((id(record), _argument_types(args, kwargs)))
         message = self._violation(key, traces, event, self.shapeless(record))
         if message is not None:
             stack.clear()
@@ -446,6 +450,8 @@ class RecompileObserver(Observer):
             return
         found = self._of_record.get(id(record))
         if found is None or not found[1].ambiguous:
+            return
+        if (id(record), _argument_types(args, kwargs)) in self._traced_types:
             return
         traces = found[1]
         signature = signature_of(
@@ -506,6 +512,10 @@ class RecompileObserver(Observer):
             f"  fix: {fix}",
         ]
         return "\n".join(lines)
+
+
+def _argument_types(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Hashable:
+    return (tuple(map(type, args)), tuple((name, type(value)) for name, value in kwargs.items()))
 
 
 def _compiled_at(fn: InstrumentedFunction) -> str:
