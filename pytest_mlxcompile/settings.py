@@ -14,15 +14,7 @@ import pytest
 
 from pytest_mlxcompile.modes import ALL_MODES, Mode, parse_modes
 
-__all__ = [
-    "OPTIONS",
-    "Option",
-    "Settings",
-    "add_options",
-    "parse_budget",
-    "parse_tolerance",
-    "resolve",
-]
+__all__ = ["OPTIONS", "Option", "Settings", "add_options", "parse_tolerance", "resolve"]
 
 
 def parse_choice(*choices: str) -> Callable[[str, str], str]:
@@ -58,7 +50,7 @@ def parse_budget(value: str, source: str) -> int | str:
     text = value.strip()
     if text == "auto":
         return "auto"
-    if text.isdigit():
+    if text.isascii() and text.isdigit():
         return int(text)
     raise ValueError(f"{source}: {value!r} is not 'auto' or an int >= 0")
 
