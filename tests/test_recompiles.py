@@ -564,3 +564,86 @@ def test_a_kwarg_that_becomes_an_array_and_true_after_1_read_as_users_expect():
     assert diff(one, true) == []
     assert one.cache_key() == true.cache_key()
     assert one.exact_key() != true.exact_key()
+
+
+def test_max_recompiles_inside_a_test_budgets_the_decorated_function_and_the_block(pytester, run):
+    pytester.makepyfile(
+        """
+        import mlx.core as mx
+        import pytest
+        from pytest_mlxcompile import max_recompiles
+
+        @max_recompiles(1)
+        @mx.compile
+        def encode(x):
+            return x * 2
+
+        @mx.compile
+        def decode(x):
+            return x / 2
+
+        def test_decorated(mlx_compile):
+            for n in (1, 2, 3):
+                encode(mx.ones(n))
+
+        def test_block(mlx_compile):
+            decode(mx.ones(1))
+            with max_recompiles(0):
+                decode(mx.ones(1))
+                decode(mx.ones(2))
+        """
+    )
+    result = run()
+    result.assert_outcomes(failed=2)
+    result.stdout.fnmatch_lines(
+        [
+            "E*RecompileError: encode [[]compiled[]] call 3 retraced: arg 0 'x' shape (2,) -> (3,)",
+            "E*budget: 1 retrace(s) after the first trace (max_recompiles(1)): this is retrace 2",
+            "E*RecompileError: decode [[]compiled[]] call 3 retraced: arg 0 'x' shape (1,) -> (2,)",
+            "E*budget: 0 retrace(s) after the first trace (max_recompiles(0)): this is retrace 1",
+        ]
+    )
+
+
+def test_max_recompiles_on_a_function_mlx_compiled_before_the_import_is_a_type_error(pytester):
+    script = pytester.makepyfile(
+        """
+        import mlx.core as mx
+
+        step = mx.compile(lambda x: x)
+
+        from pytest_mlxcompile import max_recompiles
+
+        max_recompiles(0)(step)
+        """
+    )
+    result = pytester.runpython(script)
+    assert result.ret == 1
+    result.stderr.fnmatch_lines(
+        [
+            "TypeError: max_recompiles(0) cannot see the traces of <*>: it was compiled by MLX "
+            "before pytest-mlxcompile patched mx.compile. Fix: import pytest_mlxcompile before "
+            "compiling it, or put @max_recompiles under @mx.compile",
+        ]
+    )
+
+
+def test_eager_variants_count_no_traces(pytester, run):
+    pytester.makepyfile(
+        """
+        import mlx.core as mx
+        import pytest
+
+        @mx.compile
+        def double(x):
+            return x * 2
+
+        @pytest.mark.compiled(modes=["eager"], max_recompiles=0)
+        def test_eager(mlx_recompiles):
+            for n in (1, 2, 3):
+                double(mx.ones(n))
+            assert mlx_recompiles.count(double) == 0
+        """
+    )
+    result = run("--mlx-compile-matrix")
+    result.assert_outcomes(passed=1)
