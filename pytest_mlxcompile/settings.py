@@ -45,6 +45,16 @@ def parse_flag(value: str, source: str) -> bool:
     raise ValueError(f"{source}: {value!r} is not a boolean (true/false)")
 
 
+def parse_budget(value: str, source: str) -> int | str:
+    """``auto`` or a number of retraces allowed after the first trace."""
+    text = value.strip()
+    if text == "auto":
+        return "auto"
+    if text.isascii() and text.isdigit():
+        return int(text)
+    raise ValueError(f"{source}: {value!r} is not 'auto' or an int >= 0")
+
+
 @dataclass(frozen=True)
 class Option:
     field: str
@@ -114,6 +124,17 @@ OPTIONS: tuple[Option, ...] = (
         None,
         metavar="ATOL",
     ),
+    Option(
+        "max_recompiles",
+        "--mlx-max-recompiles",
+        "Retraces allowed per compiled function per test variant after its first trace: a "
+        "number, or 'auto' (fail on retraces caused only by Python constants, by compiling the "
+        "same code again, or, in [shapeless], by shapes; allow and report the others) "
+        "(default: auto)",
+        parse_budget,
+        "auto",
+        metavar="auto|N",
+    ),
 )
 
 
@@ -125,6 +146,7 @@ class Settings:
     parity: str = "all"
     rtol: float | None = None
     atol: float | None = None
+    max_recompiles: int | str = "auto"
 
 
 def add_options(parser: pytest.Parser) -> None:
