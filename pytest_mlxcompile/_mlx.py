@@ -70,8 +70,16 @@ class _Finder(importlib.abc.MetaPathFinder):
         return spec
 
 
+#: Whether mlx.core was already loaded when the first hook was asked for: then functions compiled
+#: before that moment got the real mx.compile.
+loaded_before_hook: bool | None = None
+
+
 def on_load(then: Callable[[ModuleType], None]) -> Callable[[], None]:
     """Call ``then(mlx.core)`` now if loaded, else right after it loads. Returns an undo."""
+    global loaded_before_hook
+    if loaded_before_hook is None:
+        loaded_before_hook = is_loaded()
     if is_loaded():
         then(sys.modules[MLX_CORE])
         return lambda: None

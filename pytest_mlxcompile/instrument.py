@@ -31,10 +31,13 @@ __all__ = [
     "InstrumentedFunction",
     "Observer",
     "VariantRun",
+    "activate",
     "active_run",
+    "current_transform",
     "detached",
     "install",
     "installed",
+    "running_eagerly",
     "uninstall",
 ]
 
@@ -49,6 +52,9 @@ class _CallDepth(threading.local):
     depth = 0
     #: True inside the eager shadow: nested instrumented calls run the plain Python function.
     eager = False
+    #: The innermost transformation running (``"grad"``), "" outside any: MLX traces a compiled
+    #: function again on every call made under one, which recompile reports explain.
+    transform = ""
 
 
 _tls = _CallDepth()
@@ -126,14 +132,19 @@ def uninstall() -> None:
 
 
 def _marking_transform(transform: Callable[..., Any]) -> Callable[..., Any]:
+    name = getattr(transform, "__name__", "transformation")
+
     @functools.wraps(transform)
     def patched(fun: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         def inside(*a: Any, **k: Any) -> Any:
+            __tracebackhide__ = True
             _tls.depth += 1
+            outer, _tls.transform = _tls.transform, name
             try:
                 return fun(*a, **k)
             finally:
                 _tls.depth -= 1
+                _tls.transform = outer
 
         return transform(inside, *args, **kwargs)
 
@@ -148,10 +159,34 @@ def instrumented_compile(
 ) -> Callable[..., Any]:
     """Drop-in for ``mx.compile``: returns a function that follows the current test variant."""
     assert _patches is not None, "pytest-mlxcompile: instrumented_compile called while uninstalled"
+    caller = sys._getframe(1)
     # MLX's own compiled helpers (mlx.nn activations) are not the user's code under test.
-    if sys._getframe(1).f_globals.get("__name__", "").startswith("mlx."):
+    if caller.f_globals.get("__name__", "").startswith("mlx."):
         return _patches.compile(fun, inputs, outputs, shapeless)  # type: ignore[no-any-return]
-    return InstrumentedFunction(fun, inputs, outputs, shapeless, _patches.compile)
+    compiled = InstrumentedFunction(fun, inputs, outputs, shapeless, _patches.compile)
+    compiled.compiled_at = (caller.f_code.co_filename, caller.f_lineno)
+    return compiled
+
+
+def activate(run: VariantRun | None) -> VariantRun | None:
+    """Make ``run`` the active variant without the start-up checks; returns the previous one.
+
+    For budgets outside pytest (``max_recompiles``), which switch their own run in per call.
+    """
+    global _active
+    previous = _active
+    _active = run
+    return previous
+
+
+def current_transform() -> str:
+    """The transformation (``"grad"``, ``"vmap"``) the current call runs under, or ""."""
+    return _tls.transform
+
+
+def running_eagerly() -> bool:
+    """True in an eager variant or an eager shadow run: Python bodies run without tracing."""
+    return _tls.eager or (_active is not None and _active.mode is Mode.EAGER)
 
 
 def describe(fun: object) -> tuple[str, str]:
@@ -208,6 +243,8 @@ class InstrumentedFunction:
         self.outputs = outputs
         self.shapeless = bool(shapeless)
         self.name, self.where = describe(fun)
+        #: (file, line) of the ``mx.compile`` call, when it came through ``instrumented_compile``
+        self.compiled_at: tuple[str, int] | None = None
         self.__wrapped__ = fun
         self.__doc__ = getattr(fun, "__doc__", None)
 
@@ -313,6 +350,7 @@ class FunctionRecord:
             return body
 
         def observed_body(*args: Any, **kwargs: Any) -> Any:
+            __tracebackhide__ = True  # an observer's error (RecompileError) points at the call
             record.traces += 1
             for observer in observers:
                 observer.trace_started(record, args, kwargs)
@@ -325,6 +363,7 @@ class FunctionRecord:
 
     def run_mode(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """Call in this variant's mode, with no checks (nested and transformed calls)."""
+        __tracebackhide__ = True
         if self.compiled is None:
             return self.body(*args, **kwargs)
         return self.compiled(*args, **kwargs)

@@ -9,16 +9,16 @@ from typing import Any
 
 import pytest
 
-from pytest_mlxcompile import _mlx, instrument, report, settings, timing, variants
+from pytest_mlxcompile import _mlx, instrument, recompiles, report, settings, timing, variants
 from pytest_mlxcompile.isolation import GlobalState
 from pytest_mlxcompile.markers import MARKER_HELP
 from pytest_mlxcompile.modes import Mode
 
 settings_key = pytest.StashKey[settings.Settings]()
 patched_key = pytest.StashKey[bool]()
-late_key = pytest.StashKey[bool]()
 run_key = pytest.StashKey[instrument.VariantRun]()
 globals_key = pytest.StashKey["GlobalState | None"]()
+recompiles_key = pytest.StashKey[list[dict[str, Any]]]()
 collector_key = pytest.StashKey[report.Collector]()
 baseline_key = pytest.StashKey["report.Baseline | None"]()
 last_calls_key = pytest.StashKey[timing.LastCalls]()
@@ -29,7 +29,6 @@ def _patch_mlx(config: pytest.Config) -> None:
     if config.stash.get(patched_key, False):
         return
     config.stash[patched_key] = True
-    config.stash[late_key] = _mlx.is_loaded() and instrument.installed() is None
     undo = _mlx.on_load(instrument.install)
     config.add_cleanup(instrument.uninstall)
     config.add_cleanup(undo)
@@ -48,8 +47,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", MARKER_HELP)
     config.stash[settings_key] = resolved = settings.resolve(config)
+    config.stash[recompiles_key] = []
     _patch_mlx(config)
-    if config.stash[late_key]:
+    if _mlx.loaded_before_hook:
         config.issue_config_time_warning(
             pytest.PytestConfigWarning(
                 "pytest-mlxcompile: mlx.core was imported before the plugin loaded, so functions "
@@ -100,7 +100,21 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 def _observers(item: pytest.Item, plan: variants.VariantPlan) -> list[instrument.Observer]:
     """The checks that watch this variant's calls (recompiles, sanitizer, timings)."""
-    return [*_timing_observers(item, plan)]
+    return [_recompile_observer(item, plan), *_timing_observers(item, plan)]
+
+
+def _recompile_observer(item: pytest.Item, plan: variants.VariantPlan) -> instrument.Observer:
+    rule = recompiles.budget_rule(
+        plan.marker, plan.mode, item.config.stash[settings_key].max_recompiles
+    )
+    return recompiles.RecompileObserver(
+        plan.mode,
+        rule,
+        label=item.nodeid,
+        # stacklevel 6: the user's call, past the observer and the instrumented call path
+        warn=lambda message: warnings.warn(pytest.PytestWarning(message), stacklevel=6),
+        collect=item.config.stash[recompiles_key].append,
+    )
 
 
 def _timing_observers(item: pytest.Item, plan: variants.VariantPlan) -> list[instrument.Observer]:
@@ -213,6 +227,12 @@ def pytest_runtest_teardown(item: pytest.Item) -> Generator[None]:
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    entries = terminalreporter.config.stash.get(recompiles_key, None) or []
+    lines = recompiles.summary_lines(entries)
+    if lines:
+        terminalreporter.write_sep("=", "recompiles")
+        for line in lines:
+            terminalreporter.write_line(line)
     config = terminalreporter.config
     report.write_summary(
         terminalreporter,
@@ -271,3 +291,10 @@ def mlx_compile() -> Callable[..., Any]:
     """``mx.compile`` instrumented for the current variant: same signature, same results."""
     _mlx.core()
     return instrument.instrumented_compile
+
+
+@pytest.fixture
+def mlx_recompiles(request: pytest.FixtureRequest) -> recompiles.RecompileCounter:
+    """Trace counts and histories of compiled functions in this test variant, and budgets:
+    ``mlx_recompiles.count(fn)``, ``.history(fn)``, ``with mlx_recompiles.budget(n, fn=None):``."""
+    return recompiles.RecompileCounter(request.node.stash.get(run_key, None))

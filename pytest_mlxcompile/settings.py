@@ -112,6 +112,16 @@ def parse_compare_fail(value: str, source: str) -> tuple[CompareRule, ...]:
     return tuple(rules)
 
 
+def parse_budget(value: str, source: str) -> int | str:
+    """``auto`` or a number of retraces allowed after the first trace."""
+    text = value.strip()
+    if text == "auto":
+        return "auto"
+    if text.isascii() and text.isdigit():
+        return int(text)
+    raise ValueError(f"{source}: {value!r} is not 'auto' or an int >= 0")
+
+
 @dataclass(frozen=True)
 class Option:
     field: str
@@ -182,6 +192,17 @@ OPTIONS: tuple[Option, ...] = (
         metavar="ATOL",
     ),
     Option(
+        "max_recompiles",
+        "--mlx-max-recompiles",
+        "Retraces allowed per compiled function per test variant after its first trace: a "
+        "number, or 'auto' (fail on retraces caused only by Python constants, by compiling the "
+        "same code again, or, in [shapeless], by shapes; allow and report the others) "
+        "(default: auto)",
+        parse_budget,
+        "auto",
+        metavar="auto|N",
+    ),
+    Option(
         "timings",
         "--mlx-timings",
         "Time every compiled function a test calls: eager, compiled and shapeless medians, "
@@ -236,6 +257,7 @@ class Settings:
     parity: str = "all"
     rtol: float | None = None
     atol: float | None = None
+    max_recompiles: int | str = "auto"
     timings: bool = False
     timings_budget: float = 1.0
     report_json: str | None = None

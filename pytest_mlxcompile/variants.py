@@ -15,7 +15,7 @@ __all__ = ["MODE_PARAM", "VariantPlan", "parametrize", "plan"]
 
 #: The parameter name the matrix uses; also the name of the ``mlx_mode`` fixture it overrides.
 MODE_PARAM = "mlx_mode"
-_FIXTURES = frozenset({"mlx_compile", MODE_PARAM})
+_FIXTURES = frozenset({"mlx_compile", "mlx_recompiles", MODE_PARAM})
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,658 @@
+"""Recompile budgets: each compiled function's traces with reasons, the policy that fails a test
+on unexpected retraces, and the summary.
+
+A "function" is one piece of code compiled for one owner: every function object compiled from the
+same code (same ``__code__``, same bound ``self``, same captured non-array values) counts as one,
+so ``mx.compile(lambda ...)`` inside a loop shows up as one function retracing on every call
+instead of many functions tracing once. Budgets count retraces after the first trace, per function,
+per test variant (never process-wide: chex's global counter fails parametrized tests that each
+compile a fresh function once).
+
+Signatures are computed only when a trace happens (inside the trace, from the tracers' shapes and
+dtypes), so cache hits cost nothing here, except for the cheap check for MLX's silent cache reuse
+(``True`` served by the graph traced for ``1``, a tuple by a list's): that runs on cache hits only
+for functions traced with an int, bool, list or tuple as a top-level argument.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import threading
+import warnings
+from collections.abc import Callable, Hashable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from pytest_mlxcompile import _mlx, instrument
+from pytest_mlxcompile.errors import RecompileError
+from pytest_mlxcompile.instrument import FunctionRecord, InstrumentedFunction, Observer, VariantRun
+from pytest_mlxcompile.modes import Mode
+from pytest_mlxcompile.signature import (
+    Entry,
+    Reason,
+    Signature,
+    closest_diff,
+    parameter_names,
+    signature_of,
+)
+
+if TYPE_CHECKING:
+    from pytest_mlxcompile.markers import CompiledMarker
+
+__all__ = [
+    "WHY_AND_FIX",
+    "FunctionTraces",
+    "RecompileCounter",
+    "RecompileObserver",
+    "Rule",
+    "TraceEvent",
+    "budget_rule",
+    "check_budget",
+    "function_key",
+    "observer_of",
+    "summary_lines",
+]
+
+#: How many rows of trace history an error or the summary shows.
+TABLE_ROWS = 12
+SUMMARY_FUNCTIONS = 10
+SUMMARY_REASONS = 6
+
+WHY_AND_FIX: dict[str, tuple[str, str]] = {
+    "function": (
+        "every mx.compile(...) call makes a new compiled function with an empty cache (and "
+        "deleting the old one erases the shared entry), so each new object traces again",
+        "hoist mx.compile out of the loop or function: compile once (at module level, in "
+        "__init__, or before the loop) and call the compiled function",
+    ),
+    "constant": (
+        "MLX bakes Python int/float/str arguments into the graph as constants, so every new "
+        "value compiles a new graph",
+        "pass the value as an mx.array (e.g. mx.array(offset)): arrays are graph inputs, so one "
+        "graph serves every value",
+    ),
+    "shape": (
+        "the graph is specialised to its input shapes, so every new shape compiles a new graph",
+        "compile with shapeless=True if the function is shape-agnostic (the [shapeless] variant "
+        "checks it), or pad inputs to a few bucket sizes",
+    ),
+    "ndim": (
+        "a graph, shapeless or not, depends on each input's number of dimensions",
+        "keep each argument's ndim fixed (reshape or expand_dims before the call), or pad inputs "
+        "to a few bucket shapes",
+    ),
+    "dtype": (
+        "the graph depends on the dtype of every input",
+        "cast inputs to one dtype before the call",
+    ),
+    "structure": (
+        "the graph depends on the argument structure: list lengths, dict keys and their order, "
+        "keyword names and their order, None versus an array",
+        "call with the same structure every time (pad lists to a fixed length, always pass the "
+        "same keyword arguments in the same order)",
+    ),
+    "thread": (
+        "MLX keeps one compile cache per thread",
+        "call the compiled function from one thread",
+    ),
+    "stream": (
+        "MLX keys its compile cache on the default stream",
+        "call the compiled function under one default stream",
+    ),
+    "transform": (
+        "MLX runs a compiled function's Python body again on every call made under a "
+        "transformation (mx.grad, mx.value_and_grad, mx.vmap, ...)",
+        "compile the transformed function instead, e.g. mx.compile(mx.grad(loss)), which "
+        "traces once",
+    ),
+    "unknown": (
+        "MLX traced again although the arguments it keys on look unchanged: an earlier trace "
+        "raised, or another wrapper of the same function was deleted, which erases the shared "
+        "cache entry",
+        "make sure earlier calls succeeded and keep compiled functions alive",
+    ),
+}
+#: Which reason explains a retrace best when several changed at once.
+_PRIORITY = (
+    "function",
+    "constant",
+    "ndim",
+    "shape",
+    "dtype",
+    "structure",
+    "thread",
+    "stream",
+    "transform",
+)
+
+
+# history -----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TraceEvent:
+    """One trace of a function: its number, the call that caused it, why, and the signature."""
+
+    trace: int
+    #: the outermost call of the test that traced; None under a transformation (mx.grad), whose
+    #: calls are not counted
+    call: int | None
+    reasons: tuple[Reason, ...]
+    signature: Signature
+
+    @property
+    def reason_texts(self) -> list[str]:
+        if not self.reasons:
+            return [f"first trace: {self.signature.describe()}"]
+        return [reason.text for reason in self.reasons]
+
+    @property
+    def kind(self) -> str:
+        kinds = {reason.kind for reason in self.reasons}
+        return next((k for k in _PRIORITY if k in kinds), "unknown")
+
+    def as_dict(self, traces: FunctionTraces) -> dict[str, Any]:
+        """Plain data for ``FunctionRecord.extra["recompiles"]`` and JSON reports."""
+        return {
+            "function": traces.name,
+            "where": traces.where,
+            "trace": self.trace,
+            "call": self.call,
+            "reasons": self.reason_texts,
+            "kinds": [reason.kind for reason in self.reasons],
+        }
+
+
+class FunctionTraces:
+    """The traces of one function (all objects compiled from its code) in one variant."""
+
+    def __init__(self, name: str, where: str, names: tuple[tuple[str, ...], str | None]) -> None:
+        self.name = name
+        self.where = where
+        self.names = names
+        self.events: list[TraceEvent] = []
+        self.records: list[FunctionRecord] = []
+        self._signatures: dict[int, list[Signature]] = {}  # id(record) -> its traced signatures
+        self.ambiguous = False
+
+    @property
+    def retraces(self) -> int:
+        return max(len(self.events) - 1, 0)
+
+    def add(
+        self,
+        signature: Signature,
+        call: int | None,
+        owner: object,
+        new_object_at: str | None,
+        transform: str = "",
+    ) -> TraceEvent:
+        """Record a trace; ``new_object_at`` is where a new object of this code was compiled,
+        ``transform`` the transformation the call ran under."""
+        if not self.events:
+            reasons: tuple[Reason, ...] = ()
+        elif new_object_at is not None:
+            text = (
+                f"new function object compiled from the same code at {new_object_at} "
+                "(mx.compile called inside a loop or a function?)"
+            )
+            reasons = (Reason("function", text),)
+        else:
+            earlier = [event.signature for event in self.events]
+            found = closest_diff(signature, earlier)
+            if not found and transform:
+                text = f"called under mx.{transform}, which traces compiled functions every call"
+                found = [Reason("transform", text)]
+            unknown = Reason("unknown", "no change in the arguments MLX keys its cache on")
+            reasons = tuple(found) or (unknown,)
+        event = TraceEvent(len(self.events) + 1, call, reasons, signature)
+        self.events.append(event)
+        self._signatures.setdefault(id(owner), []).append(signature)
+        self.ambiguous = self.ambiguous or signature.ambiguous
+        return event
+
+    def signatures_of(self, owner: object) -> list[Signature]:
+        return self._signatures.get(id(owner), [])
+
+    def table(self, indent: str = "  ") -> list[str]:
+        """The trace history as rows: trace #, call #, reason."""
+        rows = [f"{indent}trace  call  reason"]
+        events = self.events
+        if len(events) > TABLE_ROWS:
+            hidden = len(events) - TABLE_ROWS
+            events = [*events[:1], *events[-(TABLE_ROWS - 1) :]]
+        for index, event in enumerate(events):
+            if len(self.events) > TABLE_ROWS and index == 1:
+                rows.append(f"{indent}  ...  ({hidden} more traces)")
+            rows.append(
+                f"{indent}{event.trace:>5}  {_call(event.call):>4}  {'; '.join(event.reason_texts)}"
+            )
+        return rows
+
+
+def _call(call: int | None) -> str:
+    return "-" if call is None else str(call)
+
+
+def _trace_text(event: TraceEvent) -> str:
+    call = "" if event.call is None else f" (call {event.call})"
+    return f"trace {event.trace}{call}"
+
+
+def _call_text(event: TraceEvent) -> str:
+    return f"trace {event.trace}" if event.call is None else f"call {event.call}"
+
+
+def function_key(fn: InstrumentedFunction) -> Hashable:
+    """One key per piece of code and owner: new objects of the same code share it."""
+    target: Any = fn.fun
+    bound: list[Hashable] = []
+    while isinstance(target, functools.partial):
+        bound.extend(_identity(value) for value in (*target.args, *target.keywords.values()))
+        target = target.func
+    owner = getattr(target, "__self__", None)
+    if owner is not None and getattr(target, "__func__", None) is not None:
+        target = target.__func__
+    code = getattr(target, "__code__", None)
+    if code is None:  # a callable object (an nn.Module): the object is the function
+        return ("object", id(target), tuple(bound))
+    cells: list[Hashable] = []
+    for cell in getattr(target, "__closure__", None) or ():
+        try:
+            cells.append(_identity(cell.cell_contents))
+        except ValueError:  # an empty cell
+            cells.append("empty")
+    return (code, id(owner), tuple(bound), tuple(cells))
+
+
+def _identity(value: object) -> Hashable:
+    # A captured array is data, not a different function: a lambda compiled per call that closes
+    # over that call's array is the storm to catch. Other captured values name distinct functions
+    # (a factory's closures over different layers or settings).
+    if isinstance(value, _mlx.core().array):
+        return "array"
+    return id(value)
+
+
+# budgets -----------------------------------------------------------------------------------------
+@dataclass
+class Rule:
+    """A budget and where it came from: ``limit`` is retraces allowed, or "auto"."""
+
+    limit: int | str
+    source: str
+    #: for scoped budgets: retraces counted inside the scope, per function
+    counts: dict[Hashable, int] = field(default_factory=dict)
+    #: for scoped budgets: only this function (as the user named it), or every function
+    target: object = None
+
+    def applies(self, key: Hashable) -> bool:
+        return self.target is None or _key_matches(key, self.target)
+
+    def describe(self) -> str:
+        if self.limit == "auto":
+            return f"auto ({self.source})"
+        return f"{self.limit} retrace(s) after the first trace ({self.source})"
+
+
+def _auto_violation(event: TraceEvent, shapeless: bool) -> str | None:
+    """Why the auto budget rejects this retrace, or None when it is expected."""
+    kinds = {reason.kind for reason in event.reasons}
+    if "function" in kinds:
+        return "the same code compiled again through a new function object within one test"
+    if kinds == {"constant"}:
+        return "a retrace caused only by Python constants (int/float/str values)"
+    # A rank change retraces shapeless graphs too (MLX keys on ndim), so only same-rank shape
+    # changes are unexpected there.
+    if shapeless and kinds == {"shape"}:
+        return "a retrace caused only by shapes in [shapeless]"
+    return None
+
+
+def budget_rule(marker: CompiledMarker, mode: Mode, setting: int | str) -> Rule:
+    """The budget for a variant: marker (per mode) > --mlx-max-recompiles > auto."""
+    marked = marker.max_recompiles
+    if isinstance(marked, dict):
+        per_mode = {str(m): n for m, n in marked.items()}
+        if mode in marked:
+            return Rule(marked[mode], f"@pytest.mark.compiled(max_recompiles={per_mode!r})")
+    elif marked is not None:
+        return Rule(marked, f"@pytest.mark.compiled(max_recompiles={marked!r})")
+    if setting == "auto":
+        return Rule("auto", "the default, --mlx-max-recompiles=auto")
+    return Rule(setting, f"--mlx-max-recompiles={setting}")
+
+
+# the observer ------------------------------------------------------------------------------------
+class _Tracing(threading.local):
+    #: records whose body is running for a trace, outermost first
+    stack: list[FunctionRecord]
+
+    def __init__(self) -> None:
+        self.stack = []
+
+
+class RecompileObserver(Observer):
+    """Watches one variant's traces: history and reasons, budgets, silent-reuse warnings."""
+
+    def __init__(
+        self,
+        mode: Mode,
+        rule: Rule | None,
+        *,
+        label: str = "",
+        warn: Callable[[str], None] | None = None,
+        collect: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
+        self.mode = mode
+        self.rule = rule
+        self.label = label
+        self.functions: dict[Hashable, FunctionTraces] = {}
+        self.function_rules: dict[Hashable, Rule] = {}
+        self.scopes: list[Rule] = []
+        self._warn = warn or _warn_runtime
+        self._collect = collect
+        self._of_record: dict[int, tuple[Hashable, FunctionTraces]] = {}
+        self._warned: set[int] = set()
+        #: (id(record), argument types) seen at traces: a cache hit with the same top-level types
+        #: cannot be a True-for-1 or tuple-for-list reuse, so it skips the signature (~1 us)
+        self._traced_types: set[tuple[int, Hashable]] = set()
+        self._tracing = _Tracing()
+
+    # lookups ---------------------------------------------------------------------------------
+    def traces_of(self, record: FunctionRecord) -> tuple[Hashable, FunctionTraces]:
+        found = self._of_record.get(id(record))
+        if found is None:
+            key = function_key(record.fn)
+            traces = self.functions.get(key)
+            if traces is None:
+                names = parameter_names(record.fn.fun)
+                traces = self.functions[key] = FunctionTraces(
+                    record.fn.name, record.fn.where, names
+                )
+            traces.records.append(record)
+            found = self._of_record[id(record)] = (key, traces)
+        return found
+
+    def find(self, fn: object) -> tuple[Hashable, FunctionTraces | None]:
+        """The function a user handed us: an mx.compile'd function, or its Python function."""
+        fn = _unwrap_budgeted(fn)
+        if isinstance(fn, InstrumentedFunction):
+            key = function_key(fn)
+            return key, self.functions.get(key)
+        if type(fn).__module__ == "mlx.core":
+            raise TypeError(
+                f"{fn!r} was compiled by MLX before pytest-mlxcompile patched mx.compile, so its "
+                "traces cannot be seen. Fix: import pytest_mlxcompile (or run under pytest with "
+                "the plugin) before compiling it"
+            )
+        if not callable(fn):
+            raise TypeError(f"expected a compiled function or its Python function, got {fn!r}")
+        for key, traces in self.functions.items():
+            if any(record.fn.fun is fn for record in traces.records):
+                return key, traces
+        return None, None
+
+    def shapeless(self, record: FunctionRecord) -> bool:
+        return record.fn.shapeless or self.mode is Mode.SHAPELESS
+
+    # Observer --------------------------------------------------------------------------------
+    def trace_started(
+        self, record: FunctionRecord, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> None:
+        __tracebackhide__ = True
+        stack = self._tracing.stack
+        stack.append(record)
+        if len(stack) > 1:
+            # Inlined into an outer function's trace: MLX runs an inner compiled body on every
+            # outer trace, so this is the outer function's retrace, not this one's.
+            return
+        key, traces = self.traces_of(record)
+        signature = signature_of(
+            args,
+            kwargs,
+            names=traces.names,
+            inputs=record.fn.inputs,
+            shapeless=self.shapeless(record),
+        )
+        new_object = bool(traces.events) and not traces.signatures_of(record)
+        transform = instrument.current_transform()
+        call = None if transform else sum(r.calls for r in traces.records)
+        new_object_at = _compiled_at(record.fn) if new_object else None
+        event = traces.add(signature, call, record, new_object_at, transform)
+        record.extra.setdefault("recompiles", []).append(event.as_dict(traces))
+        self._traced_types.add((id(record), _argument_types(args, kwargs)))
+        message = self._violation(key, traces, event, self.shapeless(record))
+        if message is not None:
+            stack.clear()
+            raise RecompileError(message)
+
+    def trace_finished(
+        self, record: FunctionRecord, args: tuple[Any, ...], kwargs: dict[str, Any], out: object
+    ) -> None:
+        stack = self._tracing.stack
+        if stack:
+            stack.pop()
+
+    def before_call(
+        self, record: FunctionRecord, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> None:
+        # An outermost call: nothing is being traced, whatever an earlier failed trace left.
+        self._tracing.stack.clear()
+
+    def after_call(
+        self,
+        record: FunctionRecord,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        out: object,
+        traced: bool,
+    ) -> None:
+        if traced or id(record) in self._warned:
+            return
+        found = self._of_record.get(id(record))
+        if found is None or not found[1].ambiguous:
+            return
+        if (id(record), _argument_types(args, kwargs)) in self._traced_types:
+            return
+        traces = found[1]
+        signature = signature_of(
+            args,
+            kwargs,
+            names=traces.names,
+            inputs=record.fn.inputs,
+            shapeless=self.shapeless(record),
+        )
+        message = _silent_reuse(record, traces, signature, self.mode)
+        if message is not None:
+            self._warned.add(id(record))
+            self._warn(message)
+
+    def finish(self, run: VariantRun) -> None:
+        if self._collect is None:
+            return
+        for traces in self.functions.values():
+            if traces.retraces:
+                self._collect(_summary_entry(run.label, traces))
+
+    # budgets ---------------------------------------------------------------------------------
+    def _violation(
+        self, key: Hashable, traces: FunctionTraces, event: TraceEvent, shapeless: bool
+    ) -> str | None:
+        if event.trace == 1:
+            return None
+        rules: list[tuple[Rule, int]] = []
+        if self.rule is not None:
+            rules.append((self.rule, traces.retraces))
+        if key in self.function_rules:
+            rules.append((self.function_rules[key], traces.retraces))
+        for scope in self.scopes:
+            if scope.applies(key):
+                scope.counts[key] = scope.counts.get(key, 0) + 1
+                rules.append((scope, scope.counts[key]))
+        for rule, used in rules:
+            if rule.limit == "auto":
+                why = _auto_violation(event, shapeless)
+                if why is not None:
+                    return self._message(traces, event, f"{rule.describe()}: {why} fails")
+            elif isinstance(rule.limit, int) and used > rule.limit:
+                over = f"{rule.describe()}: this is retrace {used}"
+                return self._message(traces, event, over)
+        return None
+
+    def _message(self, traces: FunctionTraces, event: TraceEvent, budget: str) -> str:
+        mode = f" [{self.mode}]" if self.label != "standalone" else ""
+        why, fix = WHY_AND_FIX[event.kind]
+        record = traces.records[-1]
+        lines = [
+            f"{traces.name}{mode} {_call_text(event)} retraced: {'; '.join(event.reason_texts)}",
+            f"  where: {traces.name} defined at {traces.where}, "
+            f"compiled at {_compiled_at(record.fn)}",
+            f"  budget: {budget}",
+            *traces.table(),
+            f"  why: {why}",
+            f"  fix: {fix}",
+        ]
+        return "\n".join(lines)
+
+
+def _argument_types(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Hashable:
+    return (tuple(map(type, args)), tuple((name, type(value)) for name, value in kwargs.items()))
+
+
+def _compiled_at(fn: InstrumentedFunction) -> str:
+    if fn.compiled_at is None:
+        return fn.where
+    filename, line = fn.compiled_at
+    try:
+        relative = os.path.relpath(filename)
+    except ValueError:  # another drive on Windows
+        relative = filename
+    return f"{filename if relative.startswith('..') else relative}:{line}"
+
+
+def _silent_reuse(
+    record: FunctionRecord, traces: FunctionTraces, signature: Signature, mode: Mode
+) -> str | None:
+    """A warning when a cache hit ran a graph traced for a value MLX only considers equal."""
+    mine = traces.signatures_of(record)
+    exact = signature.exact_key()
+    if any(old.exact_key() == exact for old in mine):
+        return None
+    key = signature.cache_key()
+    served = next((old for old in mine if old.cache_key() == key), None)
+    if served is None:
+        return None
+    before = dict(served.entries)
+    changes = [
+        f"{path} {before[path].describe()} -> {entry.describe()}"
+        for path, entry in signature.entries
+        if path in before and _differs_exactly(before[path], entry)
+    ]
+    if not changes:
+        return None
+    return (
+        f"pytest-mlxcompile: {traces.name} [{mode}] call {record.calls} reused a graph traced "
+        f"for other argument values: {'; '.join(changes)}. MLX's compile cache keys True like "
+        "1 and a tuple like a list, so the graph traced for one silently served the other. "
+        f"Fix: pass the same types every time ({traces.name} is defined at {traces.where})"
+    )
+
+
+def _differs_exactly(old: Entry, new: Entry) -> bool:
+    return old.kind != new.kind or old.value != new.value
+
+
+def _warn_runtime(message: str) -> None:
+    warnings.warn(message, RuntimeWarning, stacklevel=6)  # the user's call
+
+
+# summary -----------------------------------------------------------------------------------------
+def _summary_entry(label: str, traces: FunctionTraces) -> dict[str, Any]:
+    return {
+        "test": label,
+        "function": traces.name,
+        "where": traces.where,
+        "traces": len(traces.events),
+        "reasons": [
+            f"{_trace_text(event)}: {'; '.join(event.reason_texts)}" for event in traces.events[1:]
+        ],
+    }
+
+
+def summary_lines(entries: Sequence[dict[str, Any]]) -> list[str]:
+    """The "recompiles" section: the functions with the most traces, and why they retraced."""
+    ranked = sorted(entries, key=lambda entry: -int(entry["traces"]))
+    lines: list[str] = []
+    for entry in ranked[:SUMMARY_FUNCTIONS]:
+        name = f"{entry['function']} ({entry['where']})"
+        lines.append(f"{entry['test']}: {name} traced {entry['traces']} times")
+        reasons = list(entry["reasons"])
+        lines.extend(f"  {reason}" for reason in reasons[:SUMMARY_REASONS])
+        if len(reasons) > SUMMARY_REASONS:
+            lines.append(f"  ... {len(reasons) - SUMMARY_REASONS} more")
+    if len(ranked) > SUMMARY_FUNCTIONS:
+        lines.append(f"... and {len(ranked) - SUMMARY_FUNCTIONS} more functions that retraced")
+    return lines
+
+
+# the mlx_recompiles fixture ----------------------------------------------------------------------
+def observer_of(run: VariantRun | None) -> RecompileObserver | None:
+    if run is None:
+        return None
+    return next((o for o in run.observers if isinstance(o, RecompileObserver)), None)
+
+
+class RecompileCounter:
+    """The ``mlx_recompiles`` fixture: trace counts, histories and scoped budgets for a test."""
+
+    def __init__(self, run: VariantRun | None) -> None:
+        self._observer = observer_of(run)
+
+    def count(self, fn: object) -> int:
+        """How many times ``fn`` traced in this test variant (0 in [eager]: nothing compiles)."""
+        return len(self.history(fn))
+
+    def history(self, fn: object) -> list[TraceEvent]:
+        """``fn``'s traces in this variant: number, call, reasons and signature of each."""
+        if self._observer is None:
+            return []
+        _, traces = self._observer.find(fn)
+        return list(traces.events) if traces is not None else []
+
+    @contextmanager
+    def budget(self, n: int, fn: object = None) -> Iterator[None]:
+        """Allow at most ``n`` retraces inside the block (of ``fn``, or of each function)."""
+        check_budget(n, "mlx_recompiles.budget(n)")
+        observer = self._observer
+        if observer is None:
+            yield
+            return
+        if fn is not None:
+            observer.find(fn)  # a function it cannot see is an error now, not a silent no-op
+        scope = Rule(n, f"mlx_recompiles.budget({n})", target=fn)
+        observer.scopes.append(scope)
+        try:
+            yield
+        finally:
+            observer.scopes.remove(scope)
+
+
+def _unwrap_budgeted(fn: object) -> object:
+    """The compiled function behind ``@max_recompiles(n)``, else ``fn``."""
+    inner = getattr(fn, "__wrapped__", None)
+    return inner if isinstance(inner, InstrumentedFunction) else fn
+
+
+def _key_matches(key: Hashable, fn: object) -> bool:
+    """Whether the function the user named (compiled or plain) is the one behind ``key``."""
+    fn = _unwrap_budgeted(fn)
+    if isinstance(fn, InstrumentedFunction):
+        return bool(function_key(fn) == key)
+    code = getattr(fn, "__code__", None)
+    return code is not None and isinstance(key, tuple) and key[0] is code
+
+
+def check_budget(n: object, source: str) -> None:
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise ValueError(f"{source}: {n!r} must be an int >= 0")
