@@ -290,3 +290,25 @@ def test_a_regression_must_exceed_both_the_percent_and_the_baselines_spread(rule
     base = _compiled(0.50, 0.1, (1.7, 2.2))
     (parsed,) = parse_compare_fail(rule, "test")
     assert bool(regressions(now, base, [parsed])) is regressed
+
+
+def test_the_json_report_carries_each_retrace_with_its_reason(pytester, run):
+    pytester.makepyfile(
+        """
+        import mlx.core as mx
+        import pytest
+
+        @mx.compile
+        def double(x):
+            return x * 2
+
+        @pytest.mark.compiled(max_recompiles=1)
+        def test_x():
+            double(mx.ones(3))
+            double(mx.ones(4))
+        """
+    )
+    run("--mlx-report-json=out.json").assert_outcomes(passed=1)
+    (test,) = json.loads((pytester.path / "out.json").read_text())["tests"]
+    (function,) = test["functions"]
+    assert [r["reasons"] for r in function["recompiles"]][-1] == ["arg 0 'x' shape (3,) -> (4,)"]
