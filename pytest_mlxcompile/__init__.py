@@ -8,6 +8,7 @@ from __future__ import annotations
 from pytest_mlxcompile.api import assert_compile_parity
 from pytest_mlxcompile.errors import (
     CompileDisabledError,
+    HostSyncError,
     MLXCompileError,
     ParityError,
     PlaceholderLeakError,
@@ -20,6 +21,7 @@ from pytest_mlxcompile.modes import Mode
 
 __all__ = [
     "CompileDisabledError",
+    "HostSyncError",
     "MLXCompileError",
     "Mode",
     "ParityError",

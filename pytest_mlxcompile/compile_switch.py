@@ -4,7 +4,8 @@ MLX can switch compile off silently (reference/mlx-compile-probe.md §8, §10):
 ``MLX_DISABLE_COMPILE`` set to any value, ``mx.disable_compile()`` (a process-global with no
 getter), or no ``g++`` on PATH for the CPU backend's JIT. Then the Python body runs on every call
 and a "compiled" variant proves nothing. The truth comes from a probe (trace a fresh function
-twice); the patched ``enable_compile``/``disable_compile`` tell us who flipped the switch and let us put it back.
+twice); the patched ``enable_compile``/``disable_compile`` tell us who flipped the switch and let
+us put it back.
 """
 
 from __future__ import annotations

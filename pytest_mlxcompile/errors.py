@@ -4,6 +4,7 @@ from __future__ import annotations
 
 __all__ = [
     "CompileDisabledError",
+    "HostSyncError",
     "MLXCompileError",
     "ParityError",
     "PlaceholderLeakError",
@@ -40,6 +41,10 @@ class UncapturedRandomStateError(MLXCompileError):
 
 class ShapelessError(MLXCompileError):
     """A shapeless graph gave a different shape or value than eager at another input shape."""
+
+
+class HostSyncError(MLXCompileError):
+    """A compiled function asked for an array's value (print, ``.item()``, ``if``) while tracing."""
 
 
 class CompileDisabledError(MLXCompileError):

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from pytest_mlxcompile import _mlx, instrument, settings, variants
+from pytest_mlxcompile import _mlx, instrument, sanitize, settings, variants
 from pytest_mlxcompile.isolation import GlobalState
 from pytest_mlxcompile.markers import MARKER_HELP
 from pytest_mlxcompile.modes import Mode
@@ -50,7 +50,10 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 def _observers(item: pytest.Item, plan: variants.VariantPlan) -> list[instrument.Observer]:
     """The checks that watch this variant's calls (recompiles, sanitizer, timings)."""
-    return []
+    observers: list[instrument.Observer] = []
+    if plan.mode.compiles and item.config.stash[settings_key].sanitize:
+        observers.append(sanitize.Sanitizer(plan.mode, plan.tolerance))
+    return observers
 
 
 # tryfirst: the variant must be active before any fixture's setup calls compiled code.
@@ -84,16 +87,19 @@ def pytest_runtest_setup(item: pytest.Item) -> Generator[None]:
 # trylast: stop the variant and restore MLX only after every fixture has been torn down.
 @pytest.hookimpl(wrapper=True, trylast=True)
 def pytest_runtest_teardown(item: pytest.Item) -> Generator[None]:
+    __tracebackhide__ = True  # end-of-test checks (shapeless probe) report without our frames
     try:
         return (yield)
     finally:
         run = item.stash.get(run_key, None)
-        if run is not None:
-            run.stop()
-        saved = item.stash.get(globals_key, None) or GlobalState.capture()
-        if saved is not None:
-            for note in saved.restore():
-                warnings.warn(pytest.PytestWarning(f"pytest-mlxcompile: {note}"), stacklevel=1)
+        try:
+            if run is not None:
+                run.stop()  # may raise: checks that run at the end (shapeless probe) report here
+        finally:
+            saved = item.stash.get(globals_key, None) or GlobalState.capture()
+            if saved is not None:
+                for note in saved.restore():
+                    warnings.warn(pytest.PytestWarning(f"pytest-mlxcompile: {note}"), stacklevel=1)
 
 
 @pytest.fixture

@@ -114,6 +114,16 @@ OPTIONS: tuple[Option, ...] = (
         None,
         metavar="ATOL",
     ),
+    Option(
+        "sanitize",
+        "--mlx-sanitize",
+        "Diagnose compile bugs in compiled and shapeless variants: placeholder leaks, stale "
+        "captures, uncaptured random state, host syncs while tracing, shapeless probes "
+        "(default: on)",
+        lambda v, s: parse_choice("on", "off")(v, s) == "on",
+        True,
+        metavar="on|off",
+    ),
 )
 
 
@@ -125,6 +135,7 @@ class Settings:
     parity: str = "all"
     rtol: float | None = None
     atol: float | None = None
+    sanitize: bool = True
 
 
 def add_options(parser: pytest.Parser) -> None:
