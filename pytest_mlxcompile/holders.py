@@ -11,6 +11,7 @@ again later.
 
 from __future__ import annotations
 
+import dis
 import functools
 import os
 import sys
@@ -88,12 +89,23 @@ def relative(filename: str) -> str:
     return filename if rel.startswith("..") else rel
 
 
-def code_names(code: types.CodeType) -> frozenset[str]:
-    """Names a code object reads (globals and attributes), including nested code objects."""
-    names: set[str] = set(code.co_names)
+_LOADS = frozenset({"LOAD_GLOBAL", "LOAD_NAME", "LOAD_ATTR", "LOAD_METHOD", "LOAD_SUPER_ATTR"})
+
+
+@functools.lru_cache(maxsize=1024)
+def code_names(code: types.CodeType, *, reads_only: bool = False) -> frozenset[str]:
+    """Names a code object uses (globals and attributes), including nested code objects.
+
+    ``reads_only`` keeps the names it loads: ``self.n = 3`` stores ``n`` without reading it,
+    so no graph can have frozen it; ``cache.offset += 1`` both loads and stores ``offset``.
+    """
+    if reads_only:
+        names = {str(ins.argval) for ins in dis.get_instructions(code) if ins.opname in _LOADS}
+    else:
+        names = set(code.co_names)
     for const in code.co_consts:
         if isinstance(const, types.CodeType):
-            names |= code_names(const)
+            names |= code_names(const, reads_only=reads_only)
     return frozenset(names)
 
 
@@ -136,9 +148,10 @@ _OPAQUE = (type, types.ModuleType, types.FunctionType, types.BuiltinFunctionType
 
 
 class _Walk:
-    def __init__(self, array_type: type, skip: set[int]) -> None:
+    def __init__(self, array_type: type, skip: set[int], reads_only: bool = False) -> None:
         self.array_type = array_type
         self.skip = skip
+        self.reads_only = reads_only
         self.seen: set[int] = set()
         self.seen_code: set[types.CodeType] = set()
         self.budget = MAX_VALUES
@@ -215,7 +228,7 @@ class _Walk:
         if depth > 0 and _foreign(func.__module__):
             return
         self.seen_code.add(func.__code__)
-        names = code_names(func.__code__)
+        names = code_names(func.__code__, reads_only=self.reads_only)
         if bound is not None and id(bound) not in self.skip:
             # ``mx.compile(model)``: the module's entries and attributes are what the graph reads
             yield from self.value(
@@ -264,13 +277,17 @@ class _Walk:
             )
 
 
-def reachable(fun: object, array_type: type, skip: set[int]) -> Iterator[Slot]:
-    """Arrays, Python scalars and their holders that ``fun`` can read without arguments.
+def reachable(
+    fun: object, array_type: type, skip: set[int], *, reads_only: bool = False
+) -> Iterator[Slot]:
+    """Arrays, Python scalars and their holders that ``fun`` can reach without arguments.
 
     ``skip`` holds ids of objects to leave out with everything below them: arguments, declared
-    ``inputs=``/``outputs=`` containers and leaves, the RNG key list.
+    ``inputs=``/``outputs=`` containers and leaves, the RNG key list. ``reads_only`` follows only
+    the names the code loads (what a graph can freeze), else every name it uses (where it can
+    store a leak).
     """
-    return _Walk(array_type, skip).function(fun, None, 0)
+    return _Walk(array_type, skip, reads_only).function(fun, None, 0)
 
 
 def tree_slots(path: Path, tree: object, array_type: type) -> Iterator[Slot]:

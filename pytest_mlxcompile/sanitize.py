@@ -141,7 +141,7 @@ class Captured:
 def _captures(fun: object, array_type: type, skip: set[int]) -> list[Captured]:
     found: list[Captured] = []
     seen: set[tuple[int, object]] = set()
-    for slot in holders.reachable(fun, array_type, skip):
+    for slot in holders.reachable(fun, array_type, skip, reads_only=True):
         if not isinstance(slot.value, array_type) and not slot.named:
             continue
         if isinstance(slot.value, str) and slot.value.startswith("__"):
@@ -178,7 +178,7 @@ class Sanitizer(Observer):
         self.tolerance = tolerance or Tolerance()
         self._mx = _mlx.core()
         self._armed: FunctionRecord | None = None
-        self._skip: set[int] = set()
+        self._call: tuple[tuple[Any, ...], dict[str, Any]] = ((), {})
         self._trace: _Trace | None = None
         self._changes: list[str] = []
         self._captured: dict[FunctionRecord, list[Captured]] = {}
@@ -200,19 +200,21 @@ class Sanitizer(Observer):
             self._changes = [
                 f"{c.slot.path}: {change}" for c in captured if (change := c.change(array))
             ]
-        self._skip = self._exclusions(record, args, kwargs)
+        self._call = (args, kwargs)  # exclusions are worked out only if the call traces
 
-    def _exclusions(
-        self, record: FunctionRecord, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> set[int]:
-        """Objects a graph does not freeze: arguments, declared state, the RNG key."""
+    def _exclusions(self, record: FunctionRecord, tracers: list[Any]) -> set[int]:
+        """Objects a graph does not freeze: arguments, declared state, the RNG key.
+
+        Runs inside the trace, where MLX has swapped tracers into the declared containers: the
+        containers themselves are skipped, and the arguments as the test passed them.
+        """
         array = self._mx.array
         fn = record.fn
-        skip = {id(a) for a in holders.array_leaves((args, kwargs), array, [])}
+        skip = {id(a) for a in holders.array_leaves(self._call, array, [])}
+        skip.update(id(t) for t in tracers)
         for tree in (fn.inputs, fn.outputs):
             if tree is not None:
                 holders.containers(tree, skip)
-                skip.update(id(a) for a in holders.array_leaves(tree, array, []))
         keys = _mlx.random_key_list()
         skip.update((id(keys), id(self._mx.random.state), id(fn)))
         return skip
@@ -308,7 +310,8 @@ class Sanitizer(Observer):
         for tree in (record.fn.inputs, record.fn.outputs):
             if tree is not None:
                 tracers += holders.array_leaves(tree, array, [])  # MLX swapped in tracers
-        skip = self._skip | {id(t) for t in tracers}
+        skip = self._exclusions(record, tracers)
+        self._call = ((), {})
         captured = _captures(record.fn.fun, array, skip)
         self._trace = _Trace(
             record=record,
@@ -343,25 +346,29 @@ class Sanitizer(Observer):
     # leaks ---------------------------------------------------------------------------------
     def _leaks(self, trace: _Trace) -> list[tuple[str, Any, bool]]:
         """``(holder, placeholder, declared)`` for each escaped placeholder someone holds."""
+        fn = trace.record.fn
+        array = self._mx.array
+        found: list[tuple[str, Any, bool]] = []
+        # Declared state first, checked leaf by leaf: with inputs= but no outputs=, MLX puts
+        # fresh placeholder objects back into the containers after the call, which no sweep
+        # during the trace could have seen (probe §12).
+        for label, tree in (("inputs", fn.inputs), ("outputs", fn.outputs)):
+            if tree is not None:
+                root = Path(f"declared {label}=", label)
+                for slot in holders.tree_slots(root, tree, array):
+                    if is_placeholder(slot.value):
+                        found.append((str(slot.path), slot.value, True))
         pool = {id(a): a for a in (*trace.candidates, *trace.tracer_inputs)}
         trace.candidates, trace.tracer_inputs = [], []
         placeholders = {key: a for key, a in pool.items() if is_placeholder(a)}
         pool.clear()
+        for _, leaked, _ in found:
+            placeholders.pop(id(leaked), None)
         if not placeholders:
-            return []
-        found: list[tuple[str, Any, bool]] = []
-        fn = trace.record.fn
-        array = self._mx.array
-        slots: list[tuple[Slot, bool]] = [
-            (s, False) for s in holders.reachable(fn.fun, array, {id(fn)})
-        ]
-        for label, tree in (("inputs", fn.inputs), ("outputs", fn.outputs)):
-            if tree is not None:
-                root = Path(f"declared {label}=", label)
-                slots += [(s, True) for s in holders.tree_slots(root, tree, array)]
-        for slot, declared in slots:
+            return found
+        for slot in holders.reachable(fn.fun, array, {id(fn)}):
             if id(slot.value) in placeholders:
-                found.append((str(slot.path), placeholders.pop(id(slot.value)), declared))
+                found.append((str(slot.path), placeholders.pop(id(slot.value)), False))
         if placeholders:
             rest = list(placeholders.values())
             placeholders.clear()  # so that our own dict is not among the referrers
@@ -377,10 +384,19 @@ class Sanitizer(Observer):
             f"{len(leaks)} placeholder array(s) into {leaks[0][0]}",
             *(f"  holder: {holder} — {_describe_array(a)}" for holder, a, _ in leaks),
             f"  where: {fn.name} defined at {fn.where}",
-            "  why: the array was computed inside the compiled function and stored outside it "
-            "while mx.compile traced it; after the trace it has no value, and any use raises "
-            "'[eval] Attempting to eval an array without a primitive'",
         ]
+        if declared_only:
+            lines.append(
+                f"  why: {fn.name} updates state it declares in inputs= but not outputs=; MLX "
+                "leaves the traced values in those containers, and they have no value: any use "
+                "raises '[eval] Attempting to eval an array without a primitive'"
+            )
+        else:
+            lines.append(
+                "  why: the array was computed inside the compiled function and stored outside "
+                "it while mx.compile traced it; after the trace it has no value, and any use "
+                "raises '[eval] Attempting to eval an array without a primitive'"
+            )
         if declared_only:
             lines.append(
                 "  fix: the function updates state it declares only in inputs=; declare the "
@@ -552,6 +568,9 @@ def _referrer_holders(targets: list[Any]) -> list[tuple[str, Any]]:
 
 
 def _name_container(holder: Any, key: Any) -> str:
+    if isinstance(holder, dict) and "__name__" in holder and "__builtins__" in holder:
+        where = holders.relative(str(holder.get("__file__") or holder["__name__"]))
+        return f"global {key!r} in {where}"
     step = f"key {key!r}" if isinstance(holder, dict) else f"item [{key}]"
     for owner in gc.get_referrers(holder):
         if isinstance(owner, dict) and "__name__" in owner and "__builtins__" in owner:
