@@ -217,6 +217,23 @@ class _Walk:
                 name in names,
                 depth + 1,
             )
+        yield from self.class_scalars(path, owner, names, {name for name, _ in items})
+
+    def class_scalars(
+        self, path: Path, owner: Any, names: frozenset[str], shadowed: set[str]
+    ) -> Iterator[Slot]:
+        """``class Cache: offset = 0`` read as ``cache.offset``: a class-level Python scalar.
+
+        Never a descriptor: reading a property would run user code.
+        """
+        klasses = type(owner).__mro__[:-1]  # not object
+        for name in sorted(names - shadowed):
+            for klass in klasses:
+                value = vars(klass).get(name, _MISSING)
+                if value is not _MISSING:
+                    if isinstance(value, _SCALARS) and not name.startswith("__"):
+                        yield Slot(path.attribute(name, owner), owner, name, True, value, True)
+                    break
 
     def function(self, fun: object, self_path: Path | None, depth: int) -> Iterator[Slot]:
         func, bound, partial_args = unwrap(fun)

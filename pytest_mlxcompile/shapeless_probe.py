@@ -202,8 +202,8 @@ def _message(
         f"{fn.name} [{mode}] compiled shapeless is wrong at another input shape: replayed "
         f"with {', '.join(changed)}, " + problem[0],
         *(f"  {line}" for line in problem[1:]),
-        f"  where: {fn.name} defined at {fn.where}; the test called it "
-        f"{record.calls} time(s), all at the shapes it was traced with",
+        f"  where: {fn.name} defined at {fn.where}; the test's {record.calls} call(s) "
+        "agreed with eager, but none of them used these sizes",
     ]
     if reads:
         lines.append(f"  hint: the shapeless trace read {', '.join(reads[:6])}")
