@@ -186,12 +186,16 @@ class Sanitizer(Observer):
         self._shape_reads: dict[FunctionRecord, list[str]] = {}
         self._spy = ShapeSpy(self._mx.array)
         self._failed = False
+        #: True between before_call and after_call: a call that never got to after_call
+        #: failed (parity or an exception), and the test with it
+        self._open = False
 
     # outside the trace ---------------------------------------------------------------------
     def before_call(
         self, record: FunctionRecord, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> None:
         self._armed = record
+        self._open = True
         self._changes = []
         captured = self._captured.get(record)
         if captured:
@@ -264,6 +268,16 @@ class Sanitizer(Observer):
             diagnose(record, StaleCaptureError, "stale_capture", self._stale_message(record, trace))
         self._freeze(trace)
 
+    def after_call(
+        self,
+        record: FunctionRecord,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        out: object,
+        traced: bool,
+    ) -> None:
+        self._open = False
+
     def call_failed(
         self, record: FunctionRecord, args: tuple[Any, ...], kwargs: dict[str, Any], exc: Exception
     ) -> None:
@@ -284,8 +298,8 @@ class Sanitizer(Observer):
         __tracebackhide__ = True
         self._spy.stop()
         self._trace = None
-        if self._failed:
-            return  # the test already failed on something the sanitizer or MLX reported
+        if self._failed or self._open:
+            return  # the test already failed on a call: a probe would only add noise
         for record in list(run.records.values()):
             last = self._last_call.get(record)
             shapeless = record.fn.shapeless or self.mode is Mode.SHAPELESS
