@@ -466,7 +466,7 @@ class Sanitizer(Observer):
                 "nor declared state into the graph when it traces; later calls keep the old "
                 "value while eager code reads the new one",
                 f"  fix: pass it to {fn.name} as an argument, or declare it: "
-                f"mx.compile({fn.name}, inputs=state) (and outputs=state if {fn.name} updates "
+                f"mx.compile({_short(fn.name)}, inputs=state) (and outputs=state if it updates "
                 "it); for a Python number, pass it as an argument (a new value retraces) or "
                 "keep it in an mx.array",
             ]
@@ -498,7 +498,8 @@ class Sanitizer(Observer):
                 "call repeats the same random numbers (the same dropout mask, the same noise)"
             )
         lines.append(
-            f"  fix: mx.compile({fn.name}, inputs=state, outputs=state) with mx.random.state "
+            f"  fix: mx.compile({_short(fn.name)}, inputs=state, outputs=state) with "
+            "mx.random.state "
             "in state (e.g. state = [model.state, optimizer.state, mx.random.state]), or pass "
             "a key argument and use mx.random.*(..., key=key)"
         )
@@ -525,6 +526,11 @@ class Sanitizer(Observer):
             "want to inspect instead of printing it",
         ]
         return "\n".join(lines)
+
+
+def _short(name: str) -> str:
+    """``make.<locals>.f`` -> ``f``: the name as code that compiles it would spell it."""
+    return name.rsplit(".", 1)[-1]
 
 
 def _random_captured(
