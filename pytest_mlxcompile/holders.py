@@ -16,11 +16,22 @@ import functools
 import os
 import sys
 import types
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Path", "Slot", "code_names", "reachable", "tree_slots", "unwrap"]
+__all__ = [
+    "Path",
+    "Slot",
+    "array_leaves",
+    "code_names",
+    "containers",
+    "missing",
+    "reachable",
+    "relative",
+    "tree_slots",
+    "unwrap",
+]
 
 #: How deep the walk follows containers and attributes, and how many values it visits at most:
 #: the walk runs only while tracing, but a huge object graph must not make that slow.
@@ -333,12 +344,3 @@ def containers(tree: object, into: set[int], depth: int = 0) -> set[int]:
         for item in tree.values() if isinstance(tree, dict) else tree:
             containers(item, into, depth + 1)
     return into
-
-
-def call_site(predicate: Callable[[str], bool], frame: types.FrameType | None) -> str | None:
-    """``file:line`` of the innermost frame whose file satisfies ``predicate``."""
-    while frame is not None:
-        if predicate(frame.f_code.co_filename):
-            return f"{relative(frame.f_code.co_filename)}:{frame.f_lineno}"
-        frame = frame.f_back
-    return None

@@ -44,7 +44,7 @@ from pytest_mlxcompile.holders import Path, Slot
 from pytest_mlxcompile.instrument import FunctionRecord, Observer, VariantRun
 from pytest_mlxcompile.modes import Mode
 from pytest_mlxcompile.parity import Tolerance
-from pytest_mlxcompile.shapeless_probe import ShapeSpy, probe_record
+from pytest_mlxcompile.shapeless_probe import ShapeSpy, call_failure_message, probe_record
 
 __all__ = ["Sanitizer", "diagnose"]
 
@@ -282,9 +282,22 @@ class Sanitizer(Observer):
         self, record: FunctionRecord, args: tuple[Any, ...], kwargs: dict[str, Any], exc: Exception
     ) -> None:
         __tracebackhide__ = True
+        cache_hit = self._armed is record  # armed until a trace starts
         self._trace, self._armed = None, None
         self._spy.stop()
         self._failed = True
+        traced_with = self._last_call.get(record)
+        shapeless = record.fn.shapeless or self.mode is Mode.SHAPELESS
+        if cache_hit and shapeless and traced_with is not None and isinstance(exc, ValueError):
+            # A graph traced at other sizes rejects these ones ([reshape], [broadcast_shapes]):
+            # the shapeless bug itself, met by the test before the probe could.
+            message = call_failure_message(
+                record, traced_with, args, kwargs, exc, self._shape_reads.get(record, [])
+            )
+            try:
+                diagnose(record, ShapelessError, "shapeless", message)
+            except ShapelessError as error:
+                raise error from None  # the message quotes MLX's error
         if isinstance(exc, ValueError) and _HOST_SYNC in str(exc):
             message = self._host_sync_message(record, exc)
             try:

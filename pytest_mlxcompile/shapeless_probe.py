@@ -22,7 +22,7 @@ from pytest_mlxcompile.instrument import FunctionRecord
 from pytest_mlxcompile.parity import Tolerance, compare
 from pytest_mlxcompile.state import capture, restore
 
-__all__ = ["ShapeSpy", "probe_record"]
+__all__ = ["ShapeSpy", "call_failure_message", "probe_record"]
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 _MLX_DIR = os.sep + "mlx" + os.sep
@@ -196,14 +196,59 @@ def _message(
     record: FunctionRecord, changed: list[str], problem: list[str], reads: list[str]
 ) -> str:
     fn = record.fn
-    mode = record.run.mode
-    declared = fn.shapeless
+    headline = (
+        f"{fn.name} [{record.run.mode}] compiled shapeless is wrong at another input shape: "
+        f"replayed with {', '.join(changed)}, " + problem[0]
+    )
+    where = (
+        f"the test's {record.calls} call(s) agreed with eager, but none of them used these sizes"
+    )
+    return _explain(record, [headline, *problem[1:]], where, reads)
+
+
+def call_failure_message(
+    record: FunctionRecord,
+    traced_with: tuple[tuple[Any, ...], dict[str, Any]],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    exc: BaseException,
+    reads: list[str],
+) -> str:
+    """The test itself called a shapeless graph at new sizes (a cache hit) and MLX raised."""
+    fn = record.fn
+    before, now = _shapes(record, *traced_with), _shapes(record, args, kwargs)
+    changed = [
+        f"{name} {before[name]} -> {shape}"
+        for name, shape in now.items()
+        if before.get(name, shape) != shape
+    ]
+    first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    headline = (
+        f"{fn.name} [{record.run.mode}] call {record.calls}: the shapeless graph fails at new "
+        f"input sizes ({', '.join(changed) or 'see the arguments'}): {first}"
+    )
+    where = f"traced {record.traces} time(s); this call reused a graph traced at other sizes"
+    return _explain(record, [headline], where, reads)
+
+
+def _shapes(
+    record: FunctionRecord, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> dict[str, Any]:
+    array_type = _mlx.core().array
+    names = _argument_names(record, len(args))
+    found: dict[str, Any] = {}
+    for name, value in [*zip(names, args, strict=True), *kwargs.items()]:
+        for index, leaf in enumerate(holders.array_leaves(value, array_type, [])):
+            found[name if index == 0 else f"{name}[{index}]"] = tuple(leaf.shape)
+    return found
+
+
+def _explain(record: FunctionRecord, head: list[str], where: str, reads: list[str]) -> str:
+    fn = record.fn
     lines = [
-        f"{fn.name} [{mode}] compiled shapeless is wrong at another input shape: replayed "
-        f"with {', '.join(changed)}, " + problem[0],
-        *(f"  {line}" for line in problem[1:]),
-        f"  where: {fn.name} defined at {fn.where}; the test's {record.calls} call(s) "
-        "agreed with eager, but none of them used these sizes",
+        head[0],
+        *(f"  {line}" for line in head[1:]),
+        f"  where: {fn.name} defined at {fn.where}; {where}",
     ]
     if reads:
         lines.append(f"  hint: the shapeless trace read {', '.join(reads[:6])}")
@@ -215,7 +260,7 @@ def _message(
         "  fix: use shape-free operations (x.flatten(0, 1) or x.reshape(-1, n) with constant "
         "n, mx.mean instead of mx.sum(x) / x.size, reductions over axes)"
     )
-    if declared:
+    if fn.shapeless:
         fix += f", or drop shapeless=True from {fn.name}'s mx.compile"
     else:
         fix += (

@@ -359,6 +359,37 @@ def test_shape_free_shapeless_functions_pass_the_probe(pytester, run, expr):
     result.assert_outcomes(passed=3)
 
 
+def test_a_shapeless_graph_that_raises_at_the_tests_second_shape_is_a_shapeless_error(
+    pytester, run
+):
+    pytester.makepyfile(
+        """
+        from functools import partial
+        import mlx.core as mx
+        import pytest
+
+        @partial(mx.compile, shapeless=True)
+        def f(x):
+            return x.reshape(x.shape[0] * x.shape[1])
+
+        @pytest.mark.compiled
+        def test_x():
+            f(mx.ones((2, 4)))
+            f(mx.ones((3, 6)))
+        """
+    )
+    result = run()
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "E *ShapelessError: f [[]compiled[]] call 2: the shapeless graph fails at new input"
+            " sizes (x (2, 4) -> (3, 6)): [[]reshape[]] Cannot reshape array of size 18 into"
+            " shape (8).",
+            "E *hint: the shapeless trace read .shape at *.py:7",
+        ]
+    )
+
+
 def test_an_undeclared_function_is_probed_in_the_shapeless_variant_only(pytester, run):
     pytester.makepyfile(
         SHAPELESS.replace("@partial(mx.compile, shapeless=True)", "@mx.compile").format(
