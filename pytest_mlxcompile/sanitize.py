@@ -46,15 +46,16 @@ from pytest_mlxcompile.modes import Mode
 from pytest_mlxcompile.parity import Tolerance
 from pytest_mlxcompile.shapeless_probe import ShapeSpy, call_failure_message, probe_record
 
-__all__ = ["Sanitizer", "diagnose"]
+__all__ = ["Sanitizer", "diagnosis"]
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 _HOST_SYNC = "during function transformations"
 
 
-def diagnose(record: FunctionRecord, error: type[MLXCompileError], kind: str, message: str) -> None:
-    """Keep a diagnosis as plain data for the reports, then raise it."""
-    __tracebackhide__ = True
+def diagnosis(
+    record: FunctionRecord, error: type[MLXCompileError], kind: str, message: str
+) -> MLXCompileError:
+    """Keep a diagnosis as plain data for the reports; returns the error to raise."""
     record.extra.setdefault("diagnoses", []).append(
         {
             "kind": kind,
@@ -65,7 +66,7 @@ def diagnose(record: FunctionRecord, error: type[MLXCompileError], kind: str, me
             "message": message,
         }
     )
-    raise error(message)
+    return error(message)
 
 
 # buffer addresses -------------------------------------------------------------------------------
@@ -165,7 +166,6 @@ class _Trace:
     before: list[Any]
     tracer_inputs: list[Any]
     captured: list[Captured]
-    skip: set[int]
     candidates: list[Any] = field(default_factory=list)
     random_advanced: bool = False
 
@@ -238,12 +238,14 @@ class Sanitizer(Observer):
         if trace is None or trace.record is not record:
             if self._changes and not traced:
                 self._failed = True
-                diagnose(record, StaleCaptureError, "stale_capture", self._stale_message(record))
+                raise diagnosis(
+                    record, StaleCaptureError, "stale_capture", self._stale_message(record)
+                )
             return
         self._shape_reads[record] = self._spy.reads(reset=True)
         if trace.random_advanced:
             self._failed = True
-            diagnose(
+            raise diagnosis(
                 record,
                 UncapturedRandomStateError,
                 "uncaptured_random_state",
@@ -252,7 +254,7 @@ class Sanitizer(Observer):
         leaks = self._leaks(trace)
         if leaks:
             self._failed = True
-            diagnose(
+            raise diagnosis(
                 record, PlaceholderLeakError, "placeholder_leak", self._leak_message(trace, leaks)
             )
         array = self._mx.array
@@ -265,7 +267,9 @@ class Sanitizer(Observer):
             # The function changed a value it reads (``cache.offset += 1``): the graph keeps
             # the trace-time value, so every later call would repeat it.
             self._failed = True
-            diagnose(record, StaleCaptureError, "stale_capture", self._stale_message(record, trace))
+            raise diagnosis(
+                record, StaleCaptureError, "stale_capture", self._stale_message(record, trace)
+            )
         self._freeze(trace)
 
     def after_call(
@@ -294,18 +298,12 @@ class Sanitizer(Observer):
             message = call_failure_message(
                 record, traced_with, args, kwargs, exc, self._shape_reads.get(record, [])
             )
-            try:
-                diagnose(record, ShapelessError, "shapeless", message)
-            except ShapelessError as error:
-                raise error from None  # the message quotes MLX's error
+            # from None: the message quotes MLX's error, and the chained original would add a
+            # traceback whose locals (tracers) fail to print
+            raise diagnosis(record, ShapelessError, "shapeless", message) from None
         if isinstance(exc, ValueError) and _HOST_SYNC in str(exc):
             message = self._host_sync_message(record, exc)
-            try:
-                diagnose(record, HostSyncError, "host_sync", message)
-            except HostSyncError as error:
-                # The message quotes MLX's error and the user's line; the chained original
-                # would add a second traceback whose locals fail to print (tracers).
-                raise error from None
+            raise diagnosis(record, HostSyncError, "host_sync", message) from None
 
     def finish(self, run: VariantRun) -> None:
         __tracebackhide__ = True
@@ -322,7 +320,7 @@ class Sanitizer(Observer):
                 continue  # its graph is stale anyway: a probe would blame the wrong thing
             message = probe_record(record, *last, self.tolerance, self._shape_reads.get(record))
             if message is not None:
-                diagnose(record, ShapelessError, "shapeless", message)
+                raise diagnosis(record, ShapelessError, "shapeless", message)
 
     # inside the trace ----------------------------------------------------------------------
     def trace_started(
@@ -348,7 +346,6 @@ class Sanitizer(Observer):
             before=[o for o in gc.get_objects() if type(o) is array],
             tracer_inputs=tracers,
             captured=captured,
-            skip=skip,
         )
         if record.fn.shapeless or self.mode is Mode.SHAPELESS:
             self._spy.start()
