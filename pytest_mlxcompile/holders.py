@@ -284,25 +284,28 @@ class _Walk:
             if content is _MISSING:
                 continue
             path = Path(f"global {name!r} in {where}", name)
-            if isinstance(content, types.ModuleType):
-                yield from self.module(path, content, names, depth)
+            if isinstance(content, (types.ModuleType, type)):
+                yield from self.namespace(path, content, names, depth)
             else:
                 yield from self.value(path, scope, name, False, content, names, True, depth)
 
-    def module(
-        self, path: Path, module: types.ModuleType, names: frozenset[str], depth: int
+    def namespace(
+        self, path: Path, space: types.ModuleType | type, names: frozenset[str], depth: int
     ) -> Iterator[Slot]:
-        """``import config; config.W``: the names the code reads from a user's own module."""
-        if _foreign(module.__name__) or id(module) in self.seen:
+        """``config.W`` or ``Config.SCALE``: what the code reads from a user's module or class."""
+        if _foreign(space.__module__ if isinstance(space, type) else space.__name__):
             return
-        self.seen.add(id(module))
+        if id(space) in self.seen:
+            return
+        self.seen.add(id(space))
         for name in sorted(names):
-            content = vars(module).get(name, _MISSING)
-            if content is _MISSING or isinstance(content, types.ModuleType):
+            content = vars(space).get(name, _MISSING)
+            if content is _MISSING or isinstance(content, (types.ModuleType, type)):
                 continue
-            yield from self.value(
-                path.attribute(name, module), module, name, True, content, names, True, depth + 1
-            )
+            if name.startswith("__"):
+                continue
+            step = Path(f"{path.text}, attribute {name!r}", f"{path.expr}.{name}")
+            yield from self.value(step, space, name, True, content, names, True, depth + 1)
 
 
 def reachable(
