@@ -172,6 +172,100 @@ def test_a_weight_updated_in_place_is_a_stale_capture_though_its_id_is_unchanged
     )
 
 
+def test_module_weights_changed_outside_an_undeclared_compiled_module_are_a_stale_capture(
+    pytester, run
+):
+    pytester.makepyfile(
+        """
+        import mlx.core as mx
+        import mlx.nn as nn
+        import pytest
+
+        @pytest.mark.compiled
+        def test_x():
+            layer = nn.Linear(2, 2)
+            forward = mx.compile(layer)
+            forward(mx.ones((1, 2)))
+            layer.update({"weight": mx.zeros((2, 2))})
+            forward(mx.ones((1, 2)))
+        """
+    )
+    result = run()
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "E *StaleCaptureError: Linear [[]compiled[]] call 2 reused a graph traced with"
+            " attribute 'weight' of Linear (self.weight) frozen in*",
+        ]
+    )
+
+
+def test_a_closure_variable_rebound_between_calls_is_a_stale_capture(pytester, run):
+    pytester.makepyfile(
+        """
+        import mlx.core as mx
+        import pytest
+
+        def make():
+            bias = mx.ones(2)
+
+            @mx.compile
+            def f(x):
+                return x + bias
+
+            def set_bias(value):
+                nonlocal bias
+                bias = value
+
+            return f, set_bias
+
+        @pytest.mark.compiled
+        def test_x():
+            f, set_bias = make()
+            f(mx.ones(2))
+            set_bias(mx.zeros(2))
+            f(mx.ones(2))
+        """
+    )
+    result = run()
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "E *StaleCaptureError: make.<locals>.f [[]compiled[]] call 2 *closure variable"
+            " 'bias' of make.<locals>.f (bias)*",
+            "E *fix: pass it to make.<locals>.f as an argument, or declare it: mx.compile(f,"
+            " inputs=state)*",
+        ]
+    )
+
+
+def test_nested_compiled_calls_and_transforms_get_no_diagnosis(pytester, run):
+    pytester.makepyfile(
+        """
+        import mlx.core as mx
+        import pytest
+
+        @mx.compile
+        def inner(x):
+            return x * 2
+
+        @mx.compile
+        def outer(x):
+            return inner(x) + 1
+
+        @pytest.mark.compiled
+        def test_x():
+            grad = mx.grad(lambda x: outer(x).sum())
+            for n in (2, 2, 3):
+                outer(mx.ones(n))
+                grad(mx.ones(n))
+            mx.vmap(outer)(mx.ones((3, 2)))
+        """
+    )
+    result = run("--mlx-compile-matrix")
+    result.assert_outcomes(passed=3)
+
+
 def test_a_python_int_attribute_the_function_increments_is_a_stale_capture(pytester, run):
     pytester.makepyfile(
         """
