@@ -362,8 +362,9 @@ class Sanitizer(Observer):
             record.fn.inputs, record.fn.outputs, self._mx.random.state
         ):
             trace.random_advanced = True
+        # Outputs stay candidates: the caller gets new objects, so a returned tracer that is
+        # also stored somewhere (``globals()["last"] = y; return y``) is a leak too.
         known = {id(o) for o in trace.before}
-        known.update(id(o) for o in holders.array_leaves(out, array, []))
         trace.candidates = [o for o in gc.get_objects() if type(o) is array and id(o) not in known]
         trace.before = []
 
@@ -405,7 +406,7 @@ class Sanitizer(Observer):
         declared_only = all(declared for _, _, declared in leaks)
         lines = [
             f"{fn.name} [{self.mode}] trace {trace.number} (call {record.calls}) leaked "
-            f"{len(leaks)} placeholder array(s) into {leaks[0][0]}",
+            f"{len({id(a) for _, a, _ in leaks})} placeholder array(s) into {leaks[0][0]}",
             *(f"  holder: {holder} — {_describe_array(a)}" for holder, a, _ in leaks),
             f"  where: {fn.name} defined at {fn.where}",
         ]
@@ -591,9 +592,8 @@ def _referrer_holders(targets: list[Any]) -> list[tuple[str, Any]]:
             items = list(enumerate(holder))
         else:
             continue
-        for key, value in items:
-            if id(value) in by_id:
-                found.append((_name_container(holder, key), by_id.pop(id(value))))
+        # every holder of every placeholder: each one needs fixing
+        found += [(_name_container(holder, k), by_id[id(v)]) for k, v in items if id(v) in by_id]
     return found
 
 

@@ -38,6 +38,39 @@ def test_a_placeholder_appended_to_a_global_list_is_a_leak_naming_the_list(pytes
     )
 
 
+def test_a_leak_into_a_holder_the_code_never_names_is_found_by_its_referrers(pytester, run):
+    pytester.makepyfile(
+        """
+        import mlx.core as mx
+        import pytest
+
+        @mx.compile
+        def f(x, _memo={}):
+            y = x * 2
+            globals()["last"] = y
+            _memo["y"] = y
+            return y
+
+        @pytest.mark.compiled
+        def test_x():
+            f(mx.ones(2))
+        """
+    )
+    result = run()
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "E *PlaceholderLeakError: f [[]compiled[]] trace 1 (call 1) leaked 1 placeholder"
+            " array(s) into *",
+        ]
+    )
+    # one line per holder, in the order the garbage collector lists them
+    result.stdout.fnmatch_lines(["E *holder: dict key 'y' — shape (2,) float32"])
+    result.stdout.fnmatch_lines(
+        ["E *holder: global 'last' in test_a_leak_into*.py — shape (2,) float32"]
+    )
+
+
 def test_a_kv_cache_attribute_written_inside_the_compiled_call_is_a_leak(pytester, run):
     pytester.makepyfile(
         """
