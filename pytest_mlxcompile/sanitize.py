@@ -28,8 +28,12 @@ import linecache
 import os
 import sys
 import types
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
+
+import pytest
 
 from pytest_mlxcompile import _mlx, holders
 from pytest_mlxcompile.errors import (
@@ -48,6 +52,7 @@ from pytest_mlxcompile.shapeless_probe import ShapeSpy, call_failure_message, pr
 
 __all__ = ["Sanitizer", "diagnosis"]
 
+_T = TypeVar("_T")
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 _HOST_SYNC = "during function transformations"
 
@@ -134,7 +139,7 @@ class Captured:
                     "assignment like W[0] = ... or W += ...)"
                 )
             return None
-        if type(now) is not type(then) or now != then:
+        if now is not then and (type(now) is not type(then) or now != then):  # NaN is itself
             return f"trace-time {then!r}, now {now!r}"
         return None
 
@@ -337,7 +342,7 @@ class Sanitizer(Observer):
                 tracers += holders.array_leaves(tree, array, [])  # MLX swapped in tracers
         skip = self._exclusions(record, tracers)
         self._call = ((), {})
-        captured = _captures(record.fn.fun, array, skip)
+        captured = _guarded(lambda: _captures(record.fn.fun, array, skip), record, "stale-capture")
         self._trace = _Trace(
             record=record,
             number=record.traces,
@@ -391,7 +396,10 @@ class Sanitizer(Observer):
             placeholders.pop(id(leaked), None)
         if not placeholders:
             return found
-        for slot in holders.reachable(fn.fun, array, {id(fn)}):
+        slots = _guarded(
+            lambda: list(holders.reachable(fn.fun, array, {id(fn)})), trace.record, "leak"
+        )
+        for slot in slots:
             if id(slot.value) in placeholders:
                 found.append((str(slot.path), placeholders.pop(id(slot.value)), False))
         if placeholders:
@@ -537,6 +545,21 @@ class Sanitizer(Observer):
             "want to inspect instead of printing it",
         ]
         return "\n".join(lines)
+
+
+def _guarded(walk: Callable[[], list[_T]], record: FunctionRecord, check: str) -> list[_T]:
+    """Run a walk over user objects; one we cannot walk must not break the user's call."""
+    try:
+        return walk()
+    except Exception as exc:
+        warnings.warn(
+            pytest.PytestWarning(
+                f"pytest-mlxcompile: the {check} check could not walk what {record.fn.name} "
+                f"({record.fn.where}) reaches and skipped part of it: {exc!r}"
+            ),
+            stacklevel=2,
+        )
+        return []
 
 
 def _short(name: str) -> str:

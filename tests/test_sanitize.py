@@ -685,3 +685,35 @@ def test_every_diagnosis_is_kept_as_plain_data_on_the_function_record(pytester, 
     assert diagnosis["function"] == "leaky"
     assert diagnosis["mode"] == "compiled"
     assert diagnosis["message"].startswith("leaky [compiled] trace 1 (call 1) leaked 1")
+
+
+def test_an_object_the_sanitizer_cannot_walk_gives_a_warning_not_a_failure(pytester, run):
+    pytester.makepyfile(
+        """
+        import mlx.core as mx
+        import pytest
+
+        class Registry(dict):
+            def items(self):
+                raise RuntimeError("not today")
+
+        registry = Registry()
+
+        @mx.compile
+        def f(x):
+            return x + len(registry)
+
+        @pytest.mark.compiled
+        def test_x():
+            f(mx.ones(2))
+            f(mx.ones(2))
+        """
+    )
+    result = run()
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*PytestWarning: pytest-mlxcompile: the stale-capture check could not walk what f"
+            " (*:10) reaches and skipped part of it: RuntimeError('not today')",
+        ]
+    )
