@@ -3,10 +3,11 @@ shapeless probe, each turned into its own error class with what/where/why/fix.
 
 Mechanisms are the measured ones in reference/mlx-compile-probe.md ("Detection recipes"):
 
-- leaks (§2): while tracing, a ``gc`` sweep before and after the body finds the arrays that
-  appeared and are not outputs; after the call, ``mx.eval`` in try/except matching
-  "without a primitive" is the only placeholder test. Holders are named by walking what the
-  function reaches (:mod:`pytest_mlxcompile.holders`), with ``gc.get_referrers`` as a fallback.
+- leaks (§2, §12): while tracing, a ``gc`` sweep before and after the body finds the arrays
+  that appeared (plus the tracer inputs); after the call, ``mx.eval`` in try/except matching
+  "without a primitive" is the only placeholder test, applied to those and to every leaf of the
+  declared state. Holders are named by walking what the function reaches
+  (:mod:`pytest_mlxcompile.holders`), with one ``gc.get_referrers`` pass as a fallback.
 - stale captures (§4): at trace time, the arrays and named Python scalars the function reads
   that are not arguments nor declared state; before later calls, identity AND data-buffer address
   (an alias, ``mx.stop_gradient(W)``, holds the old buffer so donation cannot reuse the address).
