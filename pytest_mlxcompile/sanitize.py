@@ -56,6 +56,7 @@ __all__ = ["Sanitizer", "diagnosis"]
 _T = TypeVar("_T")
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 _HOST_SYNC = "during function transformations"
+_REFUSED = "cannot infer output shapes"
 
 
 def diagnosis(
@@ -306,6 +307,18 @@ class Sanitizer(Observer):
             )
             # from None: the message quotes MLX's error, and the chained original would add a
             # traceback whose locals (tracers) fail to print
+            raise diagnosis(record, ShapelessError, "shapeless", message) from None
+        if record.fn.shapeless and isinstance(exc, ValueError) and _REFUSED in str(exc):
+            first = str(exc).splitlines()[0]
+            message = (
+                f"{record.fn.name} [{self.mode}] call {record.calls}: it is declared "
+                f"shapeless=True, but MLX cannot compile it shapeless: {first}\n"
+                f"  where: {record.fn.name} defined at {record.fn.where}\n"
+                "  why: some operations (slicing with computed bounds, pad, split, random "
+                "numbers, fft on CPU) need concrete shapes to build the graph\n"
+                f"  fix: drop shapeless=True from {_short(record.fn.name)}'s mx.compile, or "
+                "replace the operation MLX names"
+            )
             raise diagnosis(record, ShapelessError, "shapeless", message) from None
         if isinstance(exc, ValueError) and _HOST_SYNC in str(exc):
             message = self._host_sync_message(record, exc)

@@ -517,6 +517,22 @@ def test_a_shapeless_graph_that_raises_at_the_tests_second_shape_is_a_shapeless_
     )
 
 
+def test_a_function_declared_shapeless_that_mlx_cannot_compile_shapeless_is_a_shapeless_error(
+    pytester, run
+):
+    pytester.makepyfile(SHAPELESS.format(expr="x[1:]"))
+    result = run()
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "E *ShapelessError: f [[]compiled[]] call 1: it is declared shapeless=True, but MLX"
+            " cannot compile it shapeless: [[]Primitive::output_shapes[]] Slice cannot infer"
+            " output shapes.",
+            "E *fix: drop shapeless=True from f's mx.compile, or replace the operation MLX names",
+        ]
+    )
+
+
 def test_an_undeclared_function_is_probed_in_the_shapeless_variant_only(pytester, run):
     pytester.makepyfile(
         SHAPELESS.replace("@partial(mx.compile, shapeless=True)", "@mx.compile").format(
