@@ -135,7 +135,7 @@ class Captured:
                     f"rebound to another value since the trace (trace-time "
                     f"{_describe_array(then)}, now {new})"
                 )
-            if by_address and buffer_address(now) != self.address:
+            if by_address and self.address is not None and buffer_address(now) != self.address:
                 return (
                     "updated in place since the trace (same array object, new data: an "
                     "assignment like W[0] = ... or W += ...)"
@@ -469,7 +469,10 @@ class Sanitizer(Observer):
                 if is_placeholder(value):
                     continue  # reported as a leak, or set during the trace: not a capture
                 captured.alias = stop_gradient(value)
-                captured.address = buffer_address(value)
+                address = buffer_address(value)
+                # A device whose DLPack export copies would show a new address on every read:
+                # then only identity is compared, never a false "updated in place".
+                captured.address = address if address == buffer_address(value) else None
             kept.append(captured)
         self._captured[trace.record] = kept
 
