@@ -10,6 +10,7 @@ from pytest_mlxcompile.api import assert_compile_parity
 from pytest_mlxcompile.budget import max_recompiles
 from pytest_mlxcompile.errors import (
     CompileDisabledError,
+    HostSyncError,
     MLXCompileError,
     ParityError,
     PlaceholderLeakError,
@@ -22,6 +23,7 @@ from pytest_mlxcompile.modes import Mode
 
 __all__ = [
     "CompileDisabledError",
+    "HostSyncError",
     "MLXCompileError",
     "Mode",
     "ParityError",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 __all__ = [
     "CompileDisabledError",
+    "HostSyncError",
     "MLXCompileError",
     "ParityError",
     "PlaceholderLeakError",
@@ -30,8 +31,12 @@ class PlaceholderLeakError(MLXCompileError):
     """A placeholder array from a compile trace escaped into state outside the graph."""
 
 
-class StaleCaptureError(MLXCompileError):
-    """A compiled function read a value that has changed since the graph froze it."""
+class StaleCaptureError(ParityError):
+    """A compiled function read a value that has changed since the graph froze it.
+
+    A parity failure diagnosed at its cause, before the call: ``pytest.raises(ParityError)``
+    catches it too.
+    """
 
 
 class UncapturedRandomStateError(MLXCompileError):
@@ -40,6 +45,10 @@ class UncapturedRandomStateError(MLXCompileError):
 
 class ShapelessError(MLXCompileError):
     """A shapeless graph gave a different shape or value than eager at another input shape."""
+
+
+class HostSyncError(MLXCompileError):
+    """A compiled function asked for an array's value (print, ``.item()``, ``if``) while tracing."""
 
 
 class CompileDisabledError(MLXCompileError):

@@ -292,6 +292,21 @@ class Observer:
     ) -> None:
         """An outermost call in a compiled mode is about to run."""
 
+    def call_returned(
+        self,
+        record: FunctionRecord,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        out: object,
+        traced: bool,
+    ) -> None:
+        """An outermost compiled call returned, before parity: raise here to win over it."""
+
+    def call_failed(
+        self, record: FunctionRecord, args: tuple[Any, ...], kwargs: dict[str, Any], exc: Exception
+    ) -> None:
+        """An outermost compiled call raised ``exc``; raise a clearer error ``from exc`` here."""
+
     def after_call(
         self,
         record: FunctionRecord,
@@ -404,6 +419,7 @@ class VariantRun:
 
     def stop(self) -> None:
         """Deactivate and drop the compiled wrappers (their MLX cache entries go with them)."""
+        __tracebackhide__ = True  # a check failing in finish() is about the test, not us
         global _active
         if _active is self:
             _active = None
@@ -468,10 +484,15 @@ class VariantRun:
                 and "cannot infer output shapes" in str(exc)
             ):
                 _skip_not_shapeless(record, exc)
+            if isinstance(exc, Exception):
+                for observer in self.observers:
+                    observer.call_failed(record, args, kwargs, exc)
             raise
         finally:
             tls.depth -= 1
         traced = record.traces != traces_before
+        for observer in self.observers:
+            observer.call_returned(record, args, kwargs, out, traced)
         if check and (self.parity == "all" or traced or record._check_next):
             self._shadow_check(record, args, kwargs, out, before, traced)
         for observer in self.observers:

@@ -246,6 +246,16 @@ OPTIONS: tuple[Option, ...] = (
         (),
         metavar="EXPR",
     ),
+    Option(
+        "sanitize",
+        "--mlx-sanitize",
+        "Diagnose compile bugs in compiled and shapeless variants: placeholder leaks, stale "
+        "captures, uncaptured random state, host syncs while tracing, shapeless probes "
+        "(default: on)",
+        lambda v, s: parse_choice("on", "off")(v, s) == "on",
+        True,
+        metavar="on|off",
+    ),
 )
 
 
@@ -263,6 +273,7 @@ class Settings:
     report_json: str | None = None
     compare: str | None = None
     compare_fail: tuple[CompareRule, ...] = ()
+    sanitize: bool = True
 
 
 def add_options(parser: pytest.Parser) -> None:

@@ -1,5 +1,15 @@
 from __future__ import annotations
 
+import pytest
+
+
+@pytest.fixture
+def run(run):
+    """These tests exercise parity itself: the sanitizer, which diagnoses many of the same bugs
+    earlier and more precisely (tests/test_sanitize.py), is off."""
+    return lambda *args: run("--mlx-sanitize=off", *args)
+
+
 STALE_GLOBAL = """
     import mlx.core as mx
     import pytest
