@@ -27,7 +27,6 @@ settings_key = pytest.StashKey[settings.Settings]()
 patched_key = pytest.StashKey[bool]()
 run_key = pytest.StashKey[instrument.VariantRun]()
 globals_key = pytest.StashKey["GlobalState | None"]()
-recompiles_key = pytest.StashKey[list[dict[str, Any]]]()
 collector_key = pytest.StashKey[report.Collector]()
 baseline_key = pytest.StashKey["report.Baseline | None"]()
 last_calls_key = pytest.StashKey[timing.LastCalls]()
@@ -56,7 +55,6 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", MARKER_HELP)
     config.stash[settings_key] = resolved = settings.resolve(config)
-    config.stash[recompiles_key] = []
     _patch_mlx(config)
     if _mlx.loaded_before_hook:
         config.issue_config_time_warning(
@@ -125,7 +123,6 @@ def _recompile_observer(item: pytest.Item, plan: variants.VariantPlan) -> instru
         label=item.nodeid,
         # stacklevel 6: the user's call, past the observer and the instrumented call path
         warn=lambda message: warnings.warn(pytest.PytestWarning(message), stacklevel=6),
-        collect=item.config.stash[recompiles_key].append,
     )
 
 
@@ -242,16 +239,16 @@ def pytest_runtest_teardown(item: pytest.Item) -> Generator[None]:
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    entries = terminalreporter.config.stash.get(recompiles_key, None) or []
-    lines = recompiles.summary_lines(entries)
+    config = terminalreporter.config
+    collector = config.stash[collector_key]
+    lines = recompiles.summary_lines(recompiles.summary_entries(collector.records.items()))
     if lines:
         terminalreporter.write_sep("=", "recompiles")
         for line in lines:
             terminalreporter.write_line(line)
-    config = terminalreporter.config
     report.write_summary(
         terminalreporter,
-        config.stash[collector_key],
+        collector,
         config.stash[baseline_key],
         config.stash[settings_key].report_json,
     )

@@ -20,7 +20,7 @@ import functools
 import os
 import threading
 import warnings
-from collections.abc import Callable, Hashable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -342,7 +342,6 @@ class RecompileObserver(Observer):
         *,
         label: str = "",
         warn: Callable[[str], None] | None = None,
-        collect: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         self.mode = mode
         self.rule = rule
@@ -351,7 +350,6 @@ class RecompileObserver(Observer):
         self.function_rules: dict[Hashable, Rule] = {}
         self.scopes: list[Rule] = []
         self._warn = warn or _warn_runtime
-        self._collect = collect
         self._of_record: dict[int, tuple[Hashable, FunctionTraces]] = {}
         self._warned: set[int] = set()
         #: (id(record), argument types) seen at traces: a cache hit with the same top-level types
@@ -468,13 +466,6 @@ class RecompileObserver(Observer):
             self._warned.add(id(record))
             self._warn(message)
 
-    def finish(self, run: VariantRun) -> None:
-        if self._collect is None:
-            return
-        for traces in self.functions.values():
-            if traces.retraces:
-                self._collect(_summary_entry(run.label, traces))
-
     # budgets ---------------------------------------------------------------------------------
     def _violation(
         self, key: Hashable, traces: FunctionTraces, event: TraceEvent, shapeless: bool
@@ -568,16 +559,33 @@ def _warn_runtime(message: str) -> None:
 
 
 # summary -----------------------------------------------------------------------------------------
-def _summary_entry(label: str, traces: FunctionTraces) -> dict[str, Any]:
-    return {
-        "test": label,
-        "function": traces.name,
-        "where": traces.where,
-        "traces": len(traces.events),
-        "reasons": [
-            f"{_trace_text(event)}: {'; '.join(event.reason_texts)}" for event in traces.events[1:]
-        ],
-    }
+def summary_entries(records: Iterable[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
+    """One entry per function that retraced, from the per-test records of the run.
+
+    Built from the records the controller holds (``report.Collector``), so the section is the
+    same under pytest-xdist as in a serial run.
+    """
+    entries = []
+    for nodeid, record in records:
+        for function in record.get("functions", ()):
+            events = function.get("recompiles") or []
+            if len(events) < 2:
+                continue
+            entries.append(
+                {
+                    "test": nodeid,
+                    "function": function["function"],
+                    "where": function["where"],
+                    "traces": len(events),
+                    "reasons": [_event_text(event) for event in events[1:]],
+                }
+            )
+    return entries
+
+
+def _event_text(event: dict[str, Any]) -> str:
+    call = "" if event.get("call") is None else f" (call {event['call']})"
+    return f"trace {event['trace']}{call}: {'; '.join(event['reasons'])}"
 
 
 def summary_lines(entries: Sequence[dict[str, Any]]) -> list[str]:

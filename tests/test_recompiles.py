@@ -124,6 +124,19 @@ def test_ten_sequence_lengths_pass_in_compiled_and_are_listed_in_the_summary(pyt
     )
 
 
+def test_the_recompiles_section_is_the_same_under_xdist(pytester, run):
+    pytester.makepyfile(LENGTHS.format(marker=""))
+    result = run("--mlx-compile-matrix", "--mlx-modes=compiled", "-n", "2")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*= recompiles =*",
+            "test_*.py::test_lengths[[]compiled[]]: encode (test_*.py:4) traced 10 times",
+            "  trace 2 (call 2): arg 0 'x' shape (1, 16) -> (2, 16)",
+        ]
+    )
+
+
 def test_ten_sequence_lengths_fail_with_a_budget_of_zero_showing_the_shape_reason(pytester, run):
     pytester.makepyfile(LENGTHS.format(marker="(max_recompiles=0)"))
     result = run("--mlx-compile-matrix", "--mlx-modes=compiled")
