@@ -175,25 +175,26 @@ def test_a_global_array_rebound_between_calls_is_a_stale_capture_not_a_parity_er
     assert "ParityError" not in result.stdout.str()
 
 
+WEIGHT_UPDATED_IN_PLACE = """
+    import mlx.core as mx
+    import pytest
+
+    W = mx.array([1.0, 2.0, 3.0])
+
+    @mx.compile
+    def scale(x):
+        return x * W
+
+    @pytest.mark.compiled
+    def test_x():
+        scale(mx.ones(3))
+        W[0] = 100
+        scale(mx.ones(3))
+"""
+
+
 def test_a_weight_updated_in_place_is_a_stale_capture_though_its_id_is_unchanged(pytester, run):
-    pytester.makepyfile(
-        """
-        import mlx.core as mx
-        import pytest
-
-        W = mx.array([1.0, 2.0, 3.0])
-
-        @mx.compile
-        def scale(x):
-            return x * W
-
-        @pytest.mark.compiled
-        def test_x():
-            scale(mx.ones(3))
-            W[0] = 100
-            scale(mx.ones(3))
-        """
-    )
+    pytester.makepyfile(WEIGHT_UPDATED_IN_PLACE)
     result = run()
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(
@@ -635,24 +636,7 @@ def test_clean_code_gets_no_diagnosis_in_any_variant(pytester, run):
 
 
 def test_with_sanitize_off_a_stale_capture_is_left_to_parity(pytester, run):
-    pytester.makepyfile(
-        """
-        import mlx.core as mx
-        import pytest
-
-        W = mx.array([1.0, 2.0, 3.0])
-
-        @mx.compile
-        def scale(x):
-            return x * W
-
-        @pytest.mark.compiled
-        def test_x():
-            scale(mx.ones(3))
-            W[0] = 100
-            scale(mx.ones(3))
-        """
-    )
+    pytester.makepyfile(WEIGHT_UPDATED_IN_PLACE)
     result = run("--mlx-sanitize=off")
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(["E *ParityError: scale [[]compiled[]] call 2 differs*"])
