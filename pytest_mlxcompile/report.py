@@ -216,6 +216,9 @@ def write_json(path: str, doc: dict[str, Any]) -> None:
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
         json.dump(doc, handle, indent=1, allow_nan=False)
         handle.write("\n")
+    umask = os.umask(0)  # mkstemp makes the file private; give it the mode open() would
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
     os.replace(tmp, path)
 
 

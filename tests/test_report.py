@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import os
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -82,6 +83,14 @@ def test_the_json_report_creates_missing_parent_folders(pytester, run):
     pytester.makepyfile(SUITE)
     run("--mlx-report-json=reports/ci/mlx.json")
     assert (pytester.path / "reports" / "ci" / "mlx.json").is_file()
+
+
+def test_the_json_report_gets_the_permissions_a_plain_open_would_give(pytester, run):
+    pytester.makepyfile(SUITE)
+    run("--mlx-report-json=mlx.json")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (pytester.path / "mlx.json").stat().st_mode & 0o777 == 0o666 & ~umask
 
 
 @pytest.mark.parametrize(
