@@ -245,8 +245,12 @@ class InstrumentedFunction:
         self.name, self.where = describe(fun)
         #: (file, line) of the ``mx.compile`` call, when it came through ``instrumented_compile``
         self.compiled_at: tuple[str, int] | None = None
+        # what functools.wraps would copy, where the callable has it (an nn.Module has no name)
         self.__wrapped__ = fun
         self.__doc__ = getattr(fun, "__doc__", None)
+        self.__name__ = str(getattr(fun, "__name__", type(fun).__name__))
+        self.__qualname__ = str(getattr(fun, "__qualname__", self.__name__))
+        self.__module__ = str(getattr(fun, "__module__", type(fun).__module__))
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         run = _active
@@ -401,13 +405,18 @@ class VariantRun:
         self.parity = parity
         self.tolerance = tolerance or Tolerance()
         self.observers: tuple[Observer, ...] = tuple(observers)
-        self.records: dict[InstrumentedFunction, FunctionRecord] = {}
+        #: one record per compile target, keyed the way MLX shares its cache: compiling the same
+        #: callable again (a model compiled in every block's __init__) reuses the entry
+        self.records: dict[tuple[int, int, int, bool], FunctionRecord] = {}
+        self._record_of: dict[InstrumentedFunction, FunctionRecord] = {}
+        self._thread = threading.get_ident()
 
     # lifecycle -------------------------------------------------------------------------------
     def start(self) -> None:
         """Make this the active variant; compiled modes first check that compile is really on."""
         global _active
         _active = self
+        self._thread = threading.get_ident()
         if self.mode.compiles:
             assert _patches is not None
             reason = _patches.switch.off_reason()
@@ -430,12 +439,23 @@ class VariantRun:
             for record in self.records.values():
                 record.compiled = None
 
+    def _record_for(self, fn: InstrumentedFunction) -> FunctionRecord:
+        key = (id(fn.fun), id(fn.inputs), id(fn.outputs), fn.shapeless)
+        record = self.records.get(key)
+        if record is None:
+            record = self.records[key] = FunctionRecord(fn, self)
+        return record
+
     # the per-call path -----------------------------------------------------------------------
     def call(self, fn: InstrumentedFunction, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         __tracebackhide__ = True
-        record = self.records.get(fn)
+        if threading.get_ident() != self._thread:
+            # Checks and their bookkeeping belong to the test's thread; other threads (a data
+            # loader) run the function as declared, plain Python in an eager variant.
+            return fn._plain(*args, **kwargs) if self.mode.compiles else fn.fun(*args, **kwargs)
+        record = self._record_of.get(fn)
         if record is None:
-            record = self.records[fn] = FunctionRecord(fn, self)
+            record = self._record_of[fn] = self._record_for(fn)
         tls = _tls
         if tls.depth:
             if tls.eager:

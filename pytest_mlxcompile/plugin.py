@@ -217,7 +217,19 @@ def pytest_runtest_makereport(
     if record is not None:
         # A report attribute travels from xdist workers to the controller (as JSON text).
         test_report.mlx_record = json.dumps(record)  # type: ignore[attr-defined]
+    if call.when == "teardown":
+        # pytest keeps every item until the session ends: drop what holds the test's arrays,
+        # models and last call arguments now.
+        _forget(item, run_key)
+        _forget(item, last_calls_key)
+        _forget(item, timings_key)
+        _forget(item, globals_key)
     return test_report
+
+
+def _forget(item: pytest.Item, key: pytest.StashKey[Any]) -> None:
+    if key in item.stash:
+        del item.stash[key]
 
 
 # trylast: stop the variant and restore MLX only after every fixture has been torn down.

@@ -495,7 +495,8 @@ def test_each_trace_is_recorded_as_plain_data_on_the_function_record():
         compiled(mx.ones(2), 3)
     finally:
         run.stop()
-    records = run.records[compiled].extra["recompiles"]
+    (record,) = run.records.values()
+    records = record.extra["recompiles"]
     assert json.loads(json.dumps(records)) == records
     assert [(r["trace"], r["call"], r["reasons"]) for r in records] == [
         (1, 1, ["first trace: arg 0 'x' array (2,) float32, arg 1 'factor' int 2"]),
@@ -660,3 +661,27 @@ def test_eager_variants_count_no_traces(pytester, run):
     )
     result = run("--mlx-compile-matrix")
     result.assert_outcomes(passed=1)
+
+
+def test_max_recompiles_under_mx_compile_counts_each_test_variant_on_its_own(pytester, run):
+    pytester.makepyfile(
+        """
+        import mlx.core as mx
+        import pytest
+        from pytest_mlxcompile import max_recompiles
+
+        @mx.compile
+        @max_recompiles(0)
+        def double(x):
+            return x * 2
+
+        @pytest.mark.compiled
+        def test_a():
+            double(mx.ones(3)); double(mx.ones(3))
+
+        @pytest.mark.compiled
+        def test_b():
+            double(mx.ones(3))
+        """
+    )
+    run("--mlx-compile-matrix").assert_outcomes(passed=6)

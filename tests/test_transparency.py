@@ -210,3 +210,109 @@ def test_mlx_imported_before_the_plugin_is_reported_as_a_warning(pytester):
     result.stdout.fnmatch_lines(
         ["*PytestConfigWarning: pytest-mlxcompile: mlx.core was imported before the plugin loaded*"]
     )
+
+
+def test_compiling_the_same_callable_again_shares_its_traces_as_mlx_does(pytester, run):
+    pytester.makepyfile(
+        """
+        import mlx.core as mx
+        import mlx.nn as nn
+        import pytest
+
+        TRACES = []
+
+        def swiglu(x):
+            TRACES.append(1)
+            return nn.silu(x) * x
+
+        class Block:
+            def __init__(self):
+                self.fused = mx.compile(swiglu)  # every block compiles the same function
+
+        @pytest.mark.compiled
+        def test_blocks(mlx_mode):
+            TRACES.clear()
+            blocks = [Block() for _ in range(3)]
+            for block in blocks:
+                block.fused(mx.ones((2, 4)))
+            print(mlx_mode, "traces", len(TRACES))
+        """
+    )
+    result = run("--mlx-compile-matrix", "--mlx-parity=off", "-s")
+    result.assert_outcomes(passed=3)
+    result.stdout.fnmatch_lines(["*compiled traces 1*", "*shapeless traces 1*"])
+
+
+def test_the_compiled_function_keeps_the_name_and_docstring_of_the_function(pytester, run):
+    pytester.makepyfile(
+        """
+        import mlx.core as mx
+        import pytest
+
+        def scale(x):
+            "Doubles x."
+            return x * 2
+
+        @pytest.mark.compiled
+        def test_name():
+            compiled = mx.compile(scale)
+            assert (compiled.__name__, compiled.__qualname__, compiled.__doc__) == (
+                "scale", "scale", "Doubles x."
+            )
+            assert compiled.__module__ == scale.__module__
+        """
+    )
+    run("--mlx-compile-matrix").assert_outcomes(passed=3)
+
+
+def test_calls_from_other_threads_run_as_declared_without_checks(pytester, run):
+    pytester.makepyfile(
+        """
+        import threading
+        import mlx.core as mx
+        import pytest
+
+        @mx.compile
+        def bump(x):
+            return mx.exp(x) + 1
+
+        @pytest.mark.compiled
+        def test_threads():
+            results = []
+            def work():
+                results.append(bump(mx.ones(4)).sum().item())
+            threads = [threading.Thread(target=work) for _ in range(4)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            assert len(results) == 4
+            bump(mx.ones(4))
+        """
+    )
+    run("--mlx-compile-matrix").assert_outcomes(passed=3)
+
+
+def test_a_finished_test_does_not_keep_its_compiled_functions_alive(pytester, run):
+    pytester.makepyfile(
+        """
+        import gc
+        import weakref
+        import mlx.core as mx
+        import pytest
+
+        REFS = []
+
+        @pytest.mark.compiled
+        def test_compiles():
+            weight = mx.ones((1024,))
+            scaled = mx.compile(lambda x: x * weight)
+            scaled(mx.ones((1024,)))
+            REFS.append(weakref.ref(scaled))
+
+        def test_after():
+            gc.collect()
+            assert REFS[0]() is None, "the plugin still holds the previous test's function"
+        """
+    )
+    run("--mlx-timings", "-p", "no:randomly").assert_outcomes(passed=2)
