@@ -24,6 +24,12 @@ def gelu(x):
 """
 
 
+#: eager, compiled, shapeless medians, speedup [range], compile cost, break-even, memory ratio
+ROW_AFTER_NAME = (
+    r"\S+ +\S+ +\S+ +\d+\.\d\dx \[\d+\.\d\d-\d+\.\d\d\] +\S+ +(\d+ calls|never) +\d+\.\d\dx"
+)
+
+
 def test_mlx_timings_prints_a_row_with_speedup_compile_cost_and_ops_to_kernels(pytester, run):
     pytester.makepyfile(
         GELU
@@ -40,10 +46,11 @@ def test_x():
             "*= mlx timings =*",
             "test::function*eager*compiled*shapeless*speedup [[]range[]]*compile*break-even*mem*"
             "ops -> kernels*flags",
-            "test_x::gelu *s *s *s *.??x [[]*-*[]] *s *call* *.??x *8 -> 1*",
             "speedup: eager / compiled median*",
         ]
     )
+    # break-even is "N calls" or "never": which one depends on the machine's load
+    result.stdout.re_match_lines([rf"test_x::gelu +{ROW_AFTER_NAME} +8 -> 1"])
 
 
 def test_without_timings_no_table_is_printed(pytester, run):
@@ -258,10 +265,14 @@ def test_the_examples_under_timings_show_gelu_fused_and_the_matmul_with_nothing_
     for path in examples.glob("*.py"):
         pytester.makepyfile(**{path.stem: path.read_text()})
     result = run("--mlx-compile-matrix", "--mlx-timings", FAST)
+    result.stdout.re_match_lines(
+        [
+            r"test_gelu_\S*\[mlx\.core\.float32-compiled\]::gelu +"
+            rf"{ROW_AFTER_NAME} +8 -> 1"
+        ]
+    )
     result.stdout.fnmatch_lines_random(
         [
-            "test_gelu_*[[]mlx.core.float32-compiled[]]::gelu *s *s *s *.??x [[]*-*[]] *s *call* "
-            "*.??x *8 -> 1*",
             "test_projection_matches_a_plain_matmul[[]compiled[]]::project *1 -> 1*",
             "test_a_compiled_training_step_lowers_the_loss[[]compiled[]]::make_step.<locals>.step "
             "*s *s *n/a *",
