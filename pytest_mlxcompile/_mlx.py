@@ -130,3 +130,24 @@ def missing_backend(exc: BaseException) -> str | None:
         if text.startswith(prefix):
             return backend
     return None
+
+
+def is_placeholder(array: Any) -> bool:
+    """True for an array from a compile trace that escaped it.
+
+    Probe §2: evaluating is the only test, and on a placeholder it fails while walking the graph,
+    before computing anything. A tracer evaluated inside a transformation raises ValueError
+    instead: that is not a placeholder.
+    """
+    try:
+        core().eval(array)
+    except RuntimeError as exc:
+        return "without a primitive" in str(exc)
+    except ValueError:
+        return False
+    return False
+
+
+def refuses_shapeless(exc: BaseException) -> bool:
+    """MLX's error for an op whose output shape it cannot infer in a shapeless graph (probe §6)."""
+    return isinstance(exc, ValueError) and "cannot infer output shapes" in str(exc)

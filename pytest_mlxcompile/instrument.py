@@ -500,8 +500,7 @@ class VariantRun:
             if (
                 self.mode is Mode.SHAPELESS
                 and not record.fn.shapeless
-                and isinstance(exc, ValueError)
-                and "cannot infer output shapes" in str(exc)
+                and _mlx.refuses_shapeless(exc)
             ):
                 _skip_not_shapeless(record, exc)
             if isinstance(exc, Exception):

@@ -16,15 +16,6 @@ from pytest_mlxcompile import _mlx, instrument
 __all__ = ["GlobalState"]
 
 
-def is_placeholder(array: Any) -> bool:
-    """True for an array from a compile trace that escaped it (probe §2: eval is the only test)."""
-    try:
-        _mlx.core().eval(array)
-    except RuntimeError as exc:
-        return "without a primitive" in str(exc)
-    return False
-
-
 @dataclass
 class GlobalState:
     device: Any
@@ -52,7 +43,7 @@ class GlobalState:
         if mx.default_stream(self.device) != self.stream:
             mx.set_default_stream(self.stream)
         keys = _mlx.random_key_list()
-        if keys and is_placeholder(keys[0]):
+        if keys and _mlx.is_placeholder(keys[0]):
             keys[0] = self.random_key
             notes.append(
                 "the test left a placeholder in mx.random.state (a function compiled with "

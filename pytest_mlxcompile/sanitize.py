@@ -56,7 +56,6 @@ __all__ = ["Sanitizer", "diagnosis"]
 _T = TypeVar("_T")
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 _HOST_SYNC = "during function transformations"
-_REFUSED = "cannot infer output shapes"
 
 
 def diagnosis(
@@ -94,17 +93,6 @@ def buffer_address(array: Any) -> int | None:
     except Exception:
         return None
     return ctypes.c_void_p.from_address(pointer).value if pointer else None
-
-
-def is_placeholder(array: Any) -> bool:
-    """Probe §2: evaluating is the only test; it fails before computing anything."""
-    try:
-        _mlx.core().eval(array)
-    except RuntimeError as exc:
-        return "without a primitive" in str(exc)
-    except ValueError:
-        return False
-    return False
 
 
 def _describe_array(array: Any) -> str:
@@ -308,7 +296,7 @@ class Sanitizer(Observer):
             # from None: the message quotes MLX's error, and the chained original would add a
             # traceback whose locals (tracers) fail to print
             raise diagnosis(record, ShapelessError, "shapeless", message) from None
-        if record.fn.shapeless and isinstance(exc, ValueError) and _REFUSED in str(exc):
+        if record.fn.shapeless and _mlx.refuses_shapeless(exc):
             first = str(exc).splitlines()[0]
             message = (
                 f"{record.fn.name} [{self.mode}] call {record.calls}: it is declared "
@@ -400,11 +388,11 @@ class Sanitizer(Observer):
             if tree is not None:
                 root = Path(f"declared {label}=", label)
                 for slot in holders.tree_slots(root, tree, array):
-                    if is_placeholder(slot.value):
+                    if _mlx.is_placeholder(slot.value):
                         found.append((str(slot.path), slot.value, True))
         pool = {id(a): a for a in (*trace.candidates, *trace.tracer_inputs)}
         trace.candidates, trace.tracer_inputs = [], []
-        placeholders = {key: a for key, a in pool.items() if is_placeholder(a)}
+        placeholders = {key: a for key, a in pool.items() if _mlx.is_placeholder(a)}
         pool.clear()
         for _, leaked, _ in found:
             placeholders.pop(id(leaked), None)
@@ -466,7 +454,7 @@ class Sanitizer(Observer):
         for captured in trace.captured:
             value = captured.slot.value
             if isinstance(value, array):
-                if is_placeholder(value):
+                if _mlx.is_placeholder(value):
                     continue  # reported as a leak, or set during the trace: not a capture
                 captured.alias = stop_gradient(value)
                 address = buffer_address(value)
@@ -515,7 +503,7 @@ class Sanitizer(Observer):
         state = self._mx.random.state
         ins = _random_captured(fn.inputs, None, state, either=True)
         outs = _random_captured(fn.outputs, None, state, either=True)
-        poisoned = is_placeholder(_mlx.random_key_list()[0])
+        poisoned = _mlx.is_placeholder(_mlx.random_key_list()[0])
         lines = [
             f"{fn.name} [{self.mode}] trace {trace.number} (call {record.calls}) drew random "
             "numbers but mx.random.state is not captured in both inputs= and outputs= "

@@ -430,7 +430,7 @@ def _peak_memory(mode: _Mode) -> tuple[int, Any]:
 
 def _why_not(mode: Mode, target: Target, exc: Exception) -> str:
     message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    if mode is Mode.SHAPELESS and "cannot infer output shapes" in str(exc):
+    if mode is Mode.SHAPELESS and _mlx.refuses_shapeless(exc):
         return f"not shapeless-capable: {message}"
     return f"{type(exc).__name__}: {message}"
 
