@@ -16,14 +16,14 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from pytest_mlxcompile import _mlx
+from pytest_mlxcompile import _mlx, locations
 
 __all__ = ["CompileSwitch"]
 
 
 def _caller_site() -> str:
     frame = sys._getframe(2)
-    return f"{os.path.relpath(frame.f_code.co_filename)}:{frame.f_lineno}"
+    return f"{locations.relative(frame.f_code.co_filename)}:{frame.f_lineno}"
 
 
 class CompileSwitch:

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import dis
 import functools
-import os
 import sys
 import types
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
+
+from pytest_mlxcompile import locations
 
 __all__ = [
     "Path",
@@ -28,7 +29,6 @@ __all__ = [
     "containers",
     "missing",
     "reachable",
-    "relative",
     "tree_slots",
     "unwrap",
 ]
@@ -90,14 +90,6 @@ class Slot:
 
 def missing(value: object) -> bool:
     return value is _MISSING
-
-
-def relative(filename: str) -> str:
-    try:
-        rel = os.path.relpath(filename)
-    except ValueError:  # another drive on Windows
-        return filename
-    return filename if rel.startswith("..") else rel
 
 
 _LOADS = frozenset({"LOAD_GLOBAL", "LOAD_NAME", "LOAD_ATTR", "LOAD_METHOD", "LOAD_SUPER_ATTR"})
@@ -278,7 +270,7 @@ class _Walk:
         self, func: types.FunctionType, names: frozenset[str], depth: int
     ) -> Iterator[Slot]:
         scope = func.__globals__
-        where = relative(str(scope.get("__file__") or scope.get("__name__", "?")))
+        where = locations.relative(str(scope.get("__file__") or scope.get("__name__", "?")))
         for name in sorted(names):
             content = scope.get(name, _MISSING)
             if content is _MISSING:

@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import os
 import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from pytest_mlxcompile import _mlx
+from pytest_mlxcompile import _mlx, locations
 from pytest_mlxcompile.compile_switch import CompileSwitch
 from pytest_mlxcompile.errors import CompileDisabledError, ParityError
 from pytest_mlxcompile.modes import Mode
@@ -212,14 +211,7 @@ def describe(fun: object) -> tuple[str, str]:
                 code = getattr(vars(klass).get("__call__"), "__code__", None)
     if code is None:
         return str(name), "<unknown>"
-    filename = code.co_filename
-    try:
-        rel = os.path.relpath(filename)
-        if not rel.startswith(".."):
-            filename = rel
-    except ValueError:  # another drive on Windows
-        pass
-    return str(name), f"{filename}:{code.co_firstlineno}"
+    return str(name), f"{locations.relative(code.co_filename)}:{code.co_firstlineno}"
 
 
 class InstrumentedFunction:

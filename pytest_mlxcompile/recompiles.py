@@ -17,7 +17,6 @@ for functions traced with an int, bool, list or tuple as a top-level argument.
 from __future__ import annotations
 
 import functools
-import os
 import threading
 import warnings
 from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
@@ -25,7 +24,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from pytest_mlxcompile import _mlx, instrument
+from pytest_mlxcompile import _mlx, instrument, locations
 from pytest_mlxcompile.errors import RecompileError
 from pytest_mlxcompile.instrument import FunctionRecord, InstrumentedFunction, Observer, VariantRun
 from pytest_mlxcompile.modes import Mode
@@ -515,11 +514,7 @@ def _compiled_at(fn: InstrumentedFunction) -> str:
     if fn.compiled_at is None:
         return fn.where
     filename, line = fn.compiled_at
-    try:
-        relative = os.path.relpath(filename)
-    except ValueError:  # another drive on Windows
-        relative = filename
-    return f"{filename if relative.startswith('..') else relative}:{line}"
+    return f"{locations.relative(filename)}:{line}"
 
 
 def _silent_reuse(

@@ -36,7 +36,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from pytest_mlxcompile import _mlx, holders
+from pytest_mlxcompile import _mlx, holders, locations
 from pytest_mlxcompile.errors import (
     HostSyncError,
     MLXCompileError,
@@ -603,7 +603,7 @@ def _user_line(tb: types.TracebackType | None) -> tuple[str, str]:
     if best is None:
         return "a line of the compiled function", ""
     filename, lineno = best
-    return f"{holders.relative(filename)}:{lineno}", linecache.getline(filename, lineno).strip()
+    return f"{locations.relative(filename)}:{lineno}", linecache.getline(filename, lineno).strip()
 
 
 def _referrer_holders(targets: list[Any]) -> list[tuple[str, Any]]:
@@ -627,14 +627,14 @@ def _referrer_holders(targets: list[Any]) -> list[tuple[str, Any]]:
 
 def _name_container(holder: Any, key: Any) -> str:
     if isinstance(holder, dict) and "__name__" in holder and "__builtins__" in holder:
-        where = holders.relative(str(holder.get("__file__") or holder["__name__"]))
+        where = locations.relative(str(holder.get("__file__") or holder["__name__"]))
         return f"global {key!r} in {where}"
     step = f"key {key!r}" if isinstance(holder, dict) else f"item [{key}]"
     for owner in gc.get_referrers(holder):
         if isinstance(owner, dict) and "__name__" in owner and "__builtins__" in owner:
             for name, value in owner.items():
                 if value is holder:
-                    where = holders.relative(str(owner.get("__file__") or owner["__name__"]))
+                    where = locations.relative(str(owner.get("__file__") or owner["__name__"]))
                     return f"global {name!r} in {where}, {step}"
         if getattr(owner, "__dict__", None) is holder:
             return f"attribute {key!r} of {type(owner).__name__}"

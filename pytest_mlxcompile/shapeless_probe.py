@@ -17,7 +17,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from pytest_mlxcompile import _mlx, holders
+from pytest_mlxcompile import _mlx, holders, locations
 from pytest_mlxcompile.instrument import FunctionRecord
 from pytest_mlxcompile.parity import Tolerance, compare
 from pytest_mlxcompile.state import capture, restore
@@ -51,7 +51,7 @@ class ShapeSpy:
                 frame = sys._getframe(1)
                 filename = frame.f_code.co_filename
                 if _user_file(filename):
-                    read = f".{name} at {holders.relative(filename)}:{frame.f_lineno}"
+                    read = f".{name} at {locations.relative(filename)}:{frame.f_lineno}"
                     if read not in reads:
                         reads.append(read)
             return original.__get__(array, type(array))
