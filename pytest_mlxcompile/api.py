@@ -8,7 +8,7 @@ from typing import Any
 from pytest_mlxcompile import _mlx, instrument
 from pytest_mlxcompile.errors import ParityError, ShapelessError
 from pytest_mlxcompile.modes import Mode, parse_modes
-from pytest_mlxcompile.parity import Tolerance, compare_snapshots
+from pytest_mlxcompile.parity import Tolerance, compare_call
 from pytest_mlxcompile.state import capture, restore
 
 __all__ = ["assert_compile_parity"]
@@ -64,9 +64,8 @@ def assert_compile_parity(
                     ) from exc
                 raise
             got_after = [capture(tree) for _, tree in roots]
-            mismatch = compare_snapshots(expected, capture(out), "out", tol)
-            for (label, _), want, got in zip(roots, eager_after, got_after, strict=True):
-                mismatch = mismatch or compare_snapshots(want, got, label, tol)
+            state = zip([label for label, _ in roots], eager_after, got_after, strict=True)
+            mismatch = compare_call(expected, capture(out), state, tol)
             if mismatch is not None:
                 raise ParityError(
                     "\n".join(

@@ -21,7 +21,7 @@ from pytest_mlxcompile import _mlx, locations
 from pytest_mlxcompile.compile_switch import CompileSwitch
 from pytest_mlxcompile.errors import CompileDisabledError, ParityError
 from pytest_mlxcompile.modes import Mode
-from pytest_mlxcompile.parity import Mismatch, Tolerance, compare_snapshots
+from pytest_mlxcompile.parity import Mismatch, Tolerance, compare_call
 from pytest_mlxcompile.state import capture, restore, structure
 
 __all__ = [
@@ -558,12 +558,10 @@ class VariantRun:
         eager_after = [(name, capture(tree)) for name, tree in record.fn.state_roots()]
         for _, snap in after:
             restore(snap)
-        mismatch = compare_snapshots(capture(expected), capture(out), "out", self.tolerance)
-        if mismatch is None:
-            for (name, want), (_, got) in zip(eager_after, after, strict=True):
-                mismatch = compare_snapshots(want, got, name, self.tolerance)
-                if mismatch is not None:
-                    break
+        state = (
+            (name, want, got) for (name, want), (_, got) in zip(eager_after, after, strict=True)
+        )
+        mismatch = compare_call(capture(expected), capture(out), state, self.tolerance)
         if mismatch is not None:
             raise ParityError(self._parity_message(record, mismatch, traced))
 

@@ -7,13 +7,14 @@ inside them (compiled GELU/softmax/SiLU were bit-identical to eager in f32/f16/b
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from pytest_mlxcompile import _mlx
 from pytest_mlxcompile.state import capture, leaves, structure
 
-__all__ = ["DEFAULT_TOLERANCES", "Mismatch", "Tolerance", "compare"]
+__all__ = ["DEFAULT_TOLERANCES", "Mismatch", "Tolerance", "compare", "compare_call"]
 
 #: dtype name -> (rtol, atol); dtypes not listed (ints, bool) compare exactly.
 DEFAULT_TOLERANCES: dict[str, tuple[float, float]] = {
@@ -148,6 +149,23 @@ def compare_snapshots(
         if mismatch is not None:
             return mismatch
     return None
+
+
+def compare_call(
+    expected: object,
+    actual: object,
+    state: Iterable[tuple[str, object, object]],
+    tol: Tolerance,
+) -> Mismatch | None:
+    """The first difference between an eager and a compiled call: the outputs, then each root of
+    declared state, as ``(label, eager snapshot, compiled snapshot)``. Snapshots come from
+    ``state.capture``."""
+    mismatch = compare_snapshots(expected, actual, "out", tol)
+    for label, want, got in state:
+        if mismatch is not None:
+            break
+        mismatch = compare_snapshots(want, got, label, tol)
+    return mismatch
 
 
 def _same_value(a: object, b: object) -> bool:

@@ -19,7 +19,7 @@ from typing import Any
 
 from pytest_mlxcompile import _mlx, holders, locations
 from pytest_mlxcompile.instrument import FunctionRecord
-from pytest_mlxcompile.parity import Tolerance, compare
+from pytest_mlxcompile.parity import Tolerance, compare_call
 from pytest_mlxcompile.state import capture, restore
 
 __all__ = ["ShapeSpy", "call_failure_message", "probe_record"]
@@ -174,11 +174,9 @@ def probe_record(
                     return None  # MLX refuses this function shapeless: a skip, never a probe
                 problem = [f"the shapeless graph raised {type(error).__name__}: {error}"]
             else:
-                mismatch = compare(expected, got, "out", tolerance)
-                if mismatch is None:
-                    got_after = [capture(tree) for _, tree in roots]
-                    for (label, _), want, have in zip(roots, eager_after, got_after, strict=True):
-                        mismatch = mismatch or compare(want, have, label, tolerance)
+                got_after = [capture(tree) for _, tree in roots]
+                state = zip([label for label, _ in roots], eager_after, got_after, strict=True)
+                mismatch = compare_call(capture(expected), capture(got), state, tolerance)
                 if mismatch is None:
                     continue
                 problem = [

@@ -717,3 +717,27 @@ def test_an_object_the_sanitizer_cannot_walk_gives_a_warning_not_a_failure(pytes
             " (*:10) reaches and skipped part of it: RuntimeError('not today')",
         ]
     )
+
+
+def test_the_shapeless_probe_of_a_function_with_declared_state_finds_nothing_when_it_is_clean(
+    pytester, run
+):
+    pytester.makepyfile(
+        """
+        from functools import partial
+        import mlx.core as mx
+        import pytest
+
+        totals = {"sum": mx.array(0.0)}
+
+        @partial(mx.compile, inputs=totals, outputs=totals, shapeless=True)
+        def accumulate(x):
+            totals["sum"] = totals["sum"] + x.sum()
+            return x * 2
+
+        @pytest.mark.compiled(modes=["shapeless"])
+        def test_accumulate():
+            accumulate(mx.ones((2, 3)))
+        """
+    )
+    run("--mlx-compile-matrix").assert_outcomes(passed=1)
