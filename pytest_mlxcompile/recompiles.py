@@ -233,11 +233,6 @@ def _call(call: int | None) -> str:
     return "-" if call is None else str(call)
 
 
-def _trace_text(event: TraceEvent) -> str:
-    call = "" if event.call is None else f" (call {event.call})"
-    return f"trace {event.trace}{call}"
-
-
 def _call_text(event: TraceEvent) -> str:
     return f"trace {event.trace}" if event.call is None else f"call {event.call}"
 
