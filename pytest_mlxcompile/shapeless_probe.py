@@ -488,12 +488,18 @@ def _plan(arrays: list[Any], *, resident: int, limit: int) -> list[dict[int, int
     smallest = {d: 2 for d in sizes if d > 2} or larger
     needed = resident + replay_bytes(smallest)
     if limit and needed > limit:
+        shown, cap = _size(needed), _size(limit)
+        if shown == cap:
+            shown, cap = f"{needed} bytes", f"{limit} bytes"
         return (
-            f"its smallest replay would evaluate ~{_size(needed)} (arguments, captured arrays, "
-            f"declared state, outputs), above --mlx-max-check-bytes={_size(limit)}; raise it, "
+            f"its smallest replay would evaluate ~{shown} (arguments, captured arrays, "
+            f"declared state, outputs), above --mlx-max-check-bytes={cap}; raise it, "
             "or pass 0 for no limit, to probe it"
         )
-    return "its arguments have no dimension the probe can change"
+    return (
+        f"even its smallest replay would allocate ~{_size(replay_bytes(smallest))}, more than "
+        f"the test's own arguments ({_size(own)})"
+    )
 
 
 def _size(n: int) -> str:
