@@ -254,7 +254,14 @@ class ShapelessProbe(Observer):
                 continue
             if self._stale(record):
                 continue  # its graph is stale anyway: a probe would blame the wrong thing
-            note = self._probe_record(record, *last)
+            try:
+                note = self._probe_record(record, *last)
+            except Exception as exc:  # arguments the replay cannot rebuild: never a crash
+                note = Note(
+                    PROBE_SKIPPED,
+                    f"{record.fn.name} ({record.fn.where}) [{self.mode}]: shapeless probe "
+                    f"skipped: its arguments could not be replayed at other sizes: {exc!r}",
+                )
             if note is None:
                 continue
             if note.kind == NOT_SHAPELESS_SAFE and record.fn.shapeless:

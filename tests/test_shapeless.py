@@ -611,3 +611,34 @@ def test_a_graph_made_stale_after_the_last_call_is_not_probed(pytester, run):
     result = run("--mlx-compile-matrix")
     result.assert_outcomes(passed=1)
     result.stdout.no_fnmatch_line("*= shapeless =*")
+
+
+def test_arguments_the_probe_cannot_rebuild_are_a_note_not_a_crash(pytester, run):
+    pytester.makepyfile(
+        """
+        from functools import partial
+        import mlx.core as mx
+        import pytest
+
+        class Odd(list):  # a list whose constructor the replay cannot call
+            def __init__(self, a, b):
+                super().__init__([a, b])
+
+        @partial(mx.compile, shapeless=True)
+        def add(pair):
+            return pair[0] + pair[1]
+
+        @pytest.mark.compiled(modes=["compiled"])
+        def test_add():
+            add(Odd(mx.ones((2, 3)), mx.ones((2, 3))))
+        """
+    )
+    result = run("--mlx-compile-matrix")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*= shapeless =*",
+            "test_*.py::test_add[[]compiled[]]: add (test_*.py:9) [[]compiled[]]: shapeless probe"
+            " skipped: its arguments could not be replayed at other sizes: *",
+        ]
+    )
