@@ -642,3 +642,30 @@ def test_arguments_the_probe_cannot_rebuild_are_a_note_not_a_crash(pytester, run
             " skipped: its arguments could not be replayed at other sizes: *",
         ]
     )
+
+
+def test_the_ini_twin_sets_the_byte_budget_of_the_probe(pytester, run):
+    pytester.makeini("[pytest]\nmlx_max_check_bytes = 1KiB\n")
+    pytester.makepyfile(
+        """
+        from functools import partial
+        import mlx.core as mx
+        import pytest
+
+        @partial(mx.compile, shapeless=True)
+        def double(x):
+            return x * 2
+
+        @pytest.mark.compiled
+        def test_double():
+            double(mx.ones((16, 16)))
+        """
+    )
+    result = run()
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*shapeless probe skipped: its smallest replay would evaluate ~1.1 KiB (*), above"
+            " --mlx-max-check-bytes=1.0 KiB;*"
+        ]
+    )
