@@ -303,6 +303,10 @@ class Observer:
     ) -> None:
         """An outermost compiled call raised ``exc``; raise a clearer error ``from exc`` here."""
 
+    def call_interrupted(self, record: FunctionRecord, exc: BaseException) -> None:
+        """A BaseException (KeyboardInterrupt, ``pytest.skip``/``fail`` inside the function)
+        escaped an outermost compiled call, maybe mid-trace: undo per-call state, never raise."""
+
     def after_call(
         self,
         record: FunctionRecord,
@@ -498,6 +502,9 @@ class VariantRun:
             if isinstance(exc, Exception):
                 for observer in self.observers:
                     observer.call_failed(record, args, kwargs, exc)
+            else:
+                for observer in self.observers:
+                    observer.call_interrupted(record, exc)
             raise
         finally:
             tls.depth -= 1

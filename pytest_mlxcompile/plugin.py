@@ -16,6 +16,7 @@ from pytest_mlxcompile import (
     report,
     sanitize,
     settings,
+    shapeless_probe,
     timing,
     variants,
 )
@@ -106,10 +107,18 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 
 def _observers(item: pytest.Item, plan: variants.VariantPlan) -> list[instrument.Observer]:
-    """The checks that watch this variant's calls (recompiles, sanitizer, timings)."""
+    """The checks that watch this variant's calls (recompiles, sanitizer, probe, timings)."""
     observers = [_recompile_observer(item, plan)]
-    if plan.mode.compiles and item.config.stash[settings_key].sanitize:
-        observers.append(sanitize.Sanitizer(plan.mode, plan.tolerance))
+    chosen = item.config.stash[settings_key]
+    if plan.mode.compiles and chosen.sanitize:
+        sanitizer = sanitize.Sanitizer(plan.mode, plan.tolerance)
+        probe = shapeless_probe.ShapelessProbe(
+            plan.mode,
+            plan.tolerance,
+            max_check_bytes=chosen.max_check_bytes,
+            stale=sanitizer.graph_is_stale,
+        )
+        observers += [sanitizer, probe]
     return [*observers, *_timing_observers(item, plan)]
 
 
@@ -175,6 +184,7 @@ def pytest_runtest_setup(item: pytest.Item) -> Generator[None]:
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item: pytest.Item) -> Generator[None]:
+    __tracebackhide__ = True  # a failed shapeless probe reports without our frames
     try:
         result = yield
     except RuntimeError as exc:
@@ -187,7 +197,11 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None]:
         )
         # keep the kernel call's traceback, so the skip points at the user's line
         raise skip.with_traceback(exc.__traceback__) from None
-    # Only a passed test gets here: a failed one is not timed, its last call may be what broke.
+    # Only a passed test gets here: its shapeless graphs are probed at other sizes (a failure
+    # of this phase), and it is timed (a failed one is not: its last call may be what broke).
+    run = item.stash.get(run_key, None)
+    if run is not None:
+        shapeless_probe.check(run)
     last = item.stash.get(last_calls_key, None)
     timings = item.stash.setdefault(timings_key, [])
     if last is not None:
@@ -256,6 +270,11 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     lines = recompiles.summary_lines(recompiles.summary_entries(collector.records.items()))
     if lines:
         terminalreporter.write_sep("=", "recompiles")
+        for line in lines:
+            terminalreporter.write_line(line)
+    lines = shapeless_probe.summary_lines(collector.records.values())
+    if lines:
+        terminalreporter.write_sep("=", "shapeless")
         for line in lines:
             terminalreporter.write_line(line)
     report.write_summary(

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from pytest_mlxcompile import _mlx
+from pytest_mlxcompile import _mlx, shapeless_probe
 from pytest_mlxcompile.instrument import VariantRun
 from pytest_mlxcompile.modes import ALL_MODES, Mode
 from pytest_mlxcompile.settings import CompareRule, Settings
@@ -44,7 +44,7 @@ SCHEMA = "pytest-mlxcompile/report"
 #: Bump on any change that breaks a reader; adding optional keys does not (docs/report-schema.md).
 SCHEMA_VERSION = 1
 #: Keys other checks store in ``FunctionRecord.extra`` that the report copies when present.
-_EXTRA_LISTS = ("recompiles", "diagnoses")
+_EXTRA_LISTS = ("recompiles", "diagnoses", "notes")
 #: What must match for a baseline's timings to be comparable at all.
 _MACHINE_KEYS = ("mlx", "backend", "device", "system", "architecture", "python")
 
@@ -203,6 +203,9 @@ def document(
             "lost_workers": collector.lost_workers,
         },
         "tests": [collector.records[nodeid] for nodeid in sorted(collector.records)],
+        "shapeless": shapeless_probe.notes_of(
+            collector.records[n] for n in sorted(collector.records)
+        ),
     }
 
 

@@ -1,5 +1,6 @@
-"""The compile sanitizer: placeholder leaks, stale captures, uncaptured RNG, host syncs, and the
-shapeless probe, each turned into its own error class with what/where/why/fix.
+"""The compile sanitizer: placeholder leaks, stale captures, uncaptured RNG and host syncs, each
+turned into its own error class with what/where/why/fix (the shapeless probe is
+:mod:`pytest_mlxcompile.shapeless_probe`).
 
 Mechanisms are the measured ones in reference/mlx-compile-probe.md ("Detection recipes"):
 
@@ -14,8 +15,6 @@ Mechanisms are the measured ones in reference/mlx-compile-probe.md ("Detection r
 - RNG (§5): the global key (``mx.random.state[0]``) is another object after the body ran.
 - host syncs (§3): MLX's ``ValueError ... during function transformations``, last frame = the
   user's line.
-- shapeless (§6): replay the last call at other sizes, compare with eager; a ``.shape``/``.size``
-  spy during the shapeless trace gives the hint.
 
 All of the heap walking happens on traces only. A cache-hit call costs an identity check and a
 buffer-address read per captured array (see benchmarks/bench_sanitize_overhead.py).
@@ -41,7 +40,6 @@ from pytest_mlxcompile.errors import (
     HostSyncError,
     MLXCompileError,
     PlaceholderLeakError,
-    ShapelessError,
     StaleCaptureError,
     UncapturedRandomStateError,
 )
@@ -49,7 +47,6 @@ from pytest_mlxcompile.holders import Path, Slot
 from pytest_mlxcompile.instrument import FunctionRecord, Observer, VariantRun
 from pytest_mlxcompile.modes import Mode
 from pytest_mlxcompile.parity import Tolerance
-from pytest_mlxcompile.shapeless_probe import ShapeSpy, call_failure_message, probe_record
 
 __all__ = ["Sanitizer", "diagnosis"]
 
@@ -177,9 +174,6 @@ class Sanitizer(Observer):
         self._trace: _Trace | None = None
         self._changes: list[str] = []
         self._captured: dict[FunctionRecord, list[Captured]] = {}
-        self._last_call: dict[FunctionRecord, tuple[tuple[Any, ...], dict[str, Any]]] = {}
-        self._shape_reads: dict[FunctionRecord, list[str]] = {}
-        self._spy = ShapeSpy(self._mx.array)
         self._failed = False
         #: True between before_call and after_call: a call that never got to after_call
         #: failed (parity or an exception), and the test with it
@@ -228,8 +222,6 @@ class Sanitizer(Observer):
     ) -> None:
         __tracebackhide__ = True
         trace, self._trace, self._armed = self._trace, None, None
-        self._spy.stop()
-        self._last_call[record] = (args, kwargs)
         if trace is None or trace.record is not record:
             if self._changes and not traced:
                 self._failed = True
@@ -237,7 +229,6 @@ class Sanitizer(Observer):
                     record, StaleCaptureError, "stale_capture", self._stale_message(record)
                 )
             return
-        self._shape_reads[record] = self._spy.reads(reset=True)
         if trace.random_advanced:
             self._failed = True
             raise diagnosis(
@@ -281,53 +272,18 @@ class Sanitizer(Observer):
         self, record: FunctionRecord, args: tuple[Any, ...], kwargs: dict[str, Any], exc: Exception
     ) -> None:
         __tracebackhide__ = True
-        cache_hit = self._armed is record  # armed until a trace starts
         self._trace, self._armed = None, None
-        self._spy.stop()
         self._failed = True
-        traced_with = self._last_call.get(record)
-        shapeless = record.fn.shapeless or self.mode is Mode.SHAPELESS
-        if cache_hit and shapeless and traced_with is not None and isinstance(exc, ValueError):
-            # A graph traced at other sizes rejects these ones ([reshape], [broadcast_shapes]):
-            # the shapeless bug itself, met by the test before the probe could.
-            message = call_failure_message(
-                record, traced_with, args, kwargs, exc, self._shape_reads.get(record, [])
-            )
-            # from None: the message quotes MLX's error, and the chained original would add a
-            # traceback whose locals (tracers) fail to print
-            raise diagnosis(record, ShapelessError, "shapeless", message) from None
-        if record.fn.shapeless and _mlx.refuses_shapeless(exc):
-            first = str(exc).splitlines()[0]
-            message = (
-                f"{record.fn.name} [{self.mode}] call {record.calls}: it is declared "
-                f"shapeless=True, but MLX cannot compile it shapeless: {first}\n"
-                f"  where: {record.fn.name} defined at {record.fn.where}\n"
-                "  why: some operations (slicing with computed bounds, pad, split, random "
-                "numbers, fft on CPU) need concrete shapes to build the graph\n"
-                f"  fix: drop shapeless=True from {_short(record.fn.name)}'s mx.compile, or "
-                "replace the operation MLX names"
-            )
-            raise diagnosis(record, ShapelessError, "shapeless", message) from None
         if isinstance(exc, ValueError) and _HOST_SYNC in str(exc):
             message = self._host_sync_message(record, exc)
             raise diagnosis(record, HostSyncError, "host_sync", message) from None
 
     def finish(self, run: VariantRun) -> None:
-        __tracebackhide__ = True
-        self._spy.stop()
         self._trace = None
-        if self._failed or self._open:
-            return  # the test already failed on a call: a probe would only add noise
-        for record in list(run.records.values()):
-            last = self._last_call.get(record)
-            shapeless = record.fn.shapeless or self.mode is Mode.SHAPELESS
-            if last is None or record.compiled is None or not shapeless:
-                continue
-            if any(c.change(self._mx.array) for c in self._captured.get(record, ())):
-                continue  # its graph is stale anyway: a probe would blame the wrong thing
-            message = probe_record(record, *last, self.tolerance, self._shape_reads.get(record))
-            if message is not None:
-                raise diagnosis(record, ShapelessError, "shapeless", message)
+
+    def graph_is_stale(self, record: FunctionRecord) -> bool:
+        """Whether a value ``record``'s graph froze at its last trace has changed since."""
+        return any(c.change(self._mx.array) for c in self._captured.get(record, ()))
 
     # inside the trace ----------------------------------------------------------------------
     def trace_started(
@@ -354,8 +310,6 @@ class Sanitizer(Observer):
             tracer_inputs=tracers,
             captured=captured,
         )
-        if record.fn.shapeless or self.mode is Mode.SHAPELESS:
-            self._spy.start()
 
     def trace_finished(
         self, record: FunctionRecord, args: tuple[Any, ...], kwargs: dict[str, Any], out: object
@@ -363,7 +317,6 @@ class Sanitizer(Observer):
         trace = self._trace
         if trace is None or trace.record is not record:
             return
-        self._spy.pause()
         array = self._mx.array
         if _mlx.random_key_list()[0] is not trace.key_before and not _random_captured(
             record.fn.inputs, record.fn.outputs, self._mx.random.state

@@ -77,6 +77,37 @@ def parse_existing_json(value: str, source: str) -> str:
     return value
 
 
+_SIZE_UNITS = {
+    "": 1,
+    "b": 1,
+    "kb": 10**3,
+    "mb": 10**6,
+    "gb": 10**9,
+    "tb": 10**12,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+    "tib": 2**40,
+}
+
+
+def parse_size(value: str, source: str) -> int:
+    """Bytes: an int, or a number with a unit (``512MiB``, ``2GB``); ``0`` means no limit."""
+    text = value.strip().lower().replace(" ", "")
+    number = text.rstrip("kmgtib")
+    unit = text[len(number) :]
+    try:
+        amount = float(number) if unit in _SIZE_UNITS and number else math.nan
+    except ValueError:
+        amount = math.nan
+    if not math.isfinite(amount) or amount < 0:
+        raise ValueError(
+            f"{source}: {value!r} is not a size: give bytes as an int or a number with a unit "
+            "(512MiB, 2GB); 0 means no limit"
+        )
+    return int(amount * _SIZE_UNITS[unit])
+
+
 @dataclass(frozen=True)
 class CompareRule:
     """One ``--mlx-compare-fail`` gate: fail a test whose ``field`` got worse by > ``percent``."""
@@ -256,6 +287,16 @@ OPTIONS: tuple[Option, ...] = (
         True,
         metavar="on|off",
     ),
+    Option(
+        "max_check_bytes",
+        "--mlx-max-check-bytes",
+        "Checks (parity shadow, shapeless probe) skip a call, with a note, whose estimated "
+        "bytes (arguments, captured arrays, declared state, outputs) exceed this: an int or "
+        "a size such as 512MiB or 2GB; 0 means no limit (default: 1GiB)",
+        parse_size,
+        2**30,
+        metavar="SIZE",
+    ),
 )
 
 
@@ -274,6 +315,8 @@ class Settings:
     compare: str | None = None
     compare_fail: tuple[CompareRule, ...] = ()
     sanitize: bool = True
+    #: bytes a check may evaluate per call; 0 means no limit
+    max_check_bytes: int = 2**30
 
 
 def add_options(parser: pytest.Parser) -> None:
