@@ -211,11 +211,13 @@ def _tolerance_hook(item: pytest.Item) -> Callable[..., tuple[float, float] | No
                 settings.parse_tolerance(atol, "atol"),
             )
         except (TypeError, ValueError) as exc:
-            raise ValueError(
-                f"pytest-mlxcompile: the pytest_mlxcompile_tolerance hook returned {answer!r} "
-                f"for {function} ({where}) {dtype}: {exc}; return (rtol, atol), two numbers "
-                ">= 0, or None to keep the default"
-            ) from None
+            error = str(exc)
+        pytest.fail(
+            f"pytest-mlxcompile: the pytest_mlxcompile_tolerance hook returned {answer!r} "
+            f"for {function} ({where}) {dtype}: {error}; return (rtol, atol), two numbers "
+            ">= 0, or None to keep the default",
+            pytrace=False,
+        )
 
     return ask
 
