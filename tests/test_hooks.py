@@ -48,7 +48,8 @@ def test_every_hookspec_is_named_with_the_prefix_and_documents_a_worked_example(
     ]
     for name in specs:
         doc = getattr(hookspecs, name).__doc__
-        assert "Example" in doc and f"def {name}(" in doc, name
+        assert "Example" in doc, name
+        assert f"def {name}(" in doc, name
 
 
 def test_without_a_tolerance_hook_the_drifted_result_fails_parity(pytester, run):
