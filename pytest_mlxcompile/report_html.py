@@ -235,8 +235,11 @@ def _axis(lo: float, hi: float, height: int, fmt: str, caption: str) -> list[str
     def x(v: float) -> float:
         return _LABEL_W + (math.log(v) - lo) / (hi - lo) * _PLOT_W
 
-    parts = []
+    parts, last = [], -math.inf
     for tick in _ticks(lo, hi):
+        if x(tick) - last < 58:  # labels closer than this overlap
+            continue
+        last = x(tick)
         parts.append(
             f'<line class="grid" x1="{x(tick):.1f}" x2="{x(tick):.1f}" y1="{_TOP - 6}" '
             f'y2="{height - _BOTTOM + 4}"/>'
@@ -294,7 +297,8 @@ def speedup_chart(rows: Sequence[Row]) -> str:
                 f'<path class="shapeless-mark" d="M{sx:.1f} {mid - 5}l5 5l-5 5l-5 -5z">'
                 f"<title>shapeless {_x(row.shapeless)}</title></path>"
             )
-        text_x = max(end, x(row.high) if row.high is not None else end) + 6
+        marks = [v for v in (row.speedup, row.high, row.shapeless) if v is not None]
+        text_x = x(max(marks)) + 8
         parts.append(
             f'<text class="value" x="{text_x:.1f}" y="{y + _ROW_H / 2 + 4:.1f}">'
             f"{escape(_x(row.speedup))}</text>"
