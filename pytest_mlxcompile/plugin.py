@@ -38,6 +38,7 @@ baseline_key = pytest.StashKey["report.Baseline | None"]()
 last_calls_key = pytest.StashKey[timing.LastCalls]()
 timings_key = pytest.StashKey[list[timing.FunctionTiming]]()
 emitter_key = pytest.StashKey[record_hook.RecordEmitter]()
+cov_context_key = pytest.StashKey[bool]()
 coverage_key = pytest.StashKey[Any]()
 machine_key = pytest.StashKey[dict[str, Any]]()
 
@@ -107,16 +108,32 @@ def pytest_configure(config: pytest.Config) -> None:
 def _start_coverage_contexts(config: pytest.Config) -> None:
     cov = coverage_context.current()
     problem = coverage_context.conflict(cov, getattr(config.option, "cov_context", None))
-    controller = getattr(config.option, "dist", "no") != "no" and not _is_worker(config)
-    if problem is None and cov is None and not controller:  # an xdist controller runs no tests
-        problem = (
-            "--mlx-cov-context needs coverage.py measuring this process: run "
-            "'coverage run -m pytest ...' or add pytest-cov's --cov=SOURCE"
-        )
+    # pytest-cov starts a worker's coverage at session start, and an xdist controller runs no
+    # tests: there, the check waits for the first test (_coverage)
+    distributed = _is_worker(config) or getattr(config.option, "dist", "no") != "no"
+    if problem is None and cov is None and not distributed:
+        problem = _NO_COVERAGE
     if problem is not None:
         raise pytest.UsageError(f"pytest-mlxcompile: {problem}")
-    if cov is not None:
-        config.stash[coverage_key] = cov
+    config.stash[cov_context_key] = True
+
+
+_NO_COVERAGE = (
+    "--mlx-cov-context needs coverage.py measuring this process: run "
+    "'coverage run -m pytest ...' or add pytest-cov's --cov=SOURCE"
+)
+
+
+def _coverage(item: pytest.Item) -> Any:
+    """The running coverage.Coverage for --mlx-cov-context, looked up per test (xdist workers
+    start theirs late); None without the option."""
+    if not item.config.stash.get(cov_context_key, False):
+        return None
+    cov = coverage_context.current()
+    if cov is None:
+        pytest.fail(f"pytest-mlxcompile: {_NO_COVERAGE}", pytrace=False)
+    item.stash[coverage_key] = cov
+    return cov
 
 
 def _workers(config: pytest.Config) -> int:
@@ -176,7 +193,7 @@ def _observers(item: pytest.Item, plan: variants.VariantPlan) -> list[instrument
     if item.ihook.pytest_mlxcompile_record.get_hookimpls():
         item.stash[emitter_key] = emitter = record_hook.RecordEmitter(_emit_to(item))
         observers.append(emitter)
-    cov = item.config.stash.get(coverage_key, None)
+    cov = item.stash.get(coverage_key, None)
     if cov is not None and plan.mode.compiles:
         observers.append(coverage_context.TraceContext(cov, _cov_context(item, plan.mode)))
     return observers
@@ -262,7 +279,7 @@ def pytest_runtest_setup(item: pytest.Item) -> Generator[None]:
     if plan is None:
         return (yield)
     _mlx.core()  # loading mlx.core applies the patch
-    cov = item.config.stash.get(coverage_key, None)
+    cov = _coverage(item)
     if cov is not None:
         coverage_context.switch(cov, _cov_context(item, plan.mode))
     run = instrument.VariantRun(
@@ -344,6 +361,7 @@ def pytest_runtest_makereport(
         _forget(item, timings_key)
         _forget(item, globals_key)
         _forget(item, emitter_key)
+        _forget(item, coverage_key)
     return test_report
 
 
@@ -368,8 +386,8 @@ def pytest_runtest_teardown(item: pytest.Item) -> Generator[None]:
             if saved is not None:
                 for note in saved.restore():
                     warnings.warn(pytest.PytestWarning(f"pytest-mlxcompile: {note}"), stacklevel=1)
-            cov = item.config.stash.get(coverage_key, None)
-            if cov is not None and run is not None:
+            cov = item.stash.get(coverage_key, None)
+            if cov is not None:
                 coverage_context.switch(cov, "")
 
 

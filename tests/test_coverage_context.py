@@ -77,6 +77,22 @@ def test_with_pytest_cov_a_compiled_body_runs_in_eager_and_only_while_tracing_ot
     }
 
 
+def test_with_pytest_cov_and_xdist_workers_the_contexts_are_the_same(pytester, run):
+    # pytest-cov starts a worker's coverage only at session start, after pytest_configure
+    pytester.makepyfile(lib=LIB, test_lib=SUITE)
+    result = run(
+        "-n", "2", "--mlx-compile-matrix", "--mlx-parity=off", "--mlx-sanitize=off",
+        "--mlx-cov-context", "--cov=.",
+    )  # fmt: skip
+    result.assert_outcomes(passed=3)
+    contexts = _contexts(pytester.path / ".coverage", "lib.py")
+    assert contexts[BODY_LINE] == {
+        "test_lib.py::test_double[eager]|eager",
+        "test_lib.py::test_double[compiled]|compiled|trace",
+        "test_lib.py::test_double[shapeless]|shapeless|trace",
+    }
+
+
 def test_under_coverage_run_the_contexts_are_the_same(pytester):
     pytester.makepyfile(lib=LIB, test_lib=SUITE)
     args = ["-m", "pytest", "-p", "mlxcompile", "-p", "no:cacheprovider", "-p", "no:cov"]
