@@ -592,11 +592,17 @@ def _traces(tests: list[dict[str, Any]]) -> str:
                 if rows
                 else ""
             )
+            calls = escape(str(function.get("calls", 0)))
+            if test.get("mode") == "eager":
+                counts = f"{calls} calls, eager: the Python body runs on every call"
+            else:
+                counts = (
+                    f"{calls} calls, {escape(str(function.get('traces', 0)))} traces, "
+                    f"{escape(str(function.get('parity_checks', 0)))} parity checks"
+                )
             variants.append(
                 f'<div class="variant"><p><b>{escape(str(test.get("nodeid", "")))}</b> · '
-                f"{escape(str(function.get('calls', 0)))} calls, "
-                f"{escape(str(function.get('traces', 0)))} traces, "
-                f"{escape(str(function.get('parity_checks', 0)))} parity checks</p>{table}</div>"
+                f"{counts}</p>{table}</div>"
             )
         retraced = "retraced" if most > 1 else ""
         blocks.append(
