@@ -148,11 +148,20 @@ def _report(args: argparse.Namespace) -> int:
     if args.compare is not None:
         load(args.compare, "--compare")
         baseline = report.Baseline.load(args.compare)
-    for line in summary(doc, args.run, baseline):
+    try:
+        lines = summary(doc, args.run, baseline)
+        page = report_html.render(doc) if args.html is not None else ""
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+        # a key of the right type checked above, holding something else deeper down
+        raise BadInput(
+            f"RUN.json {args.run!r} is not a report saved by pytest --mlx-report-json: "
+            f"{type(exc).__name__}: {exc}"
+        ) from None
+    for line in lines:
         print(line)
     if args.html is not None:
         try:
-            report_html.write_html(args.html, doc)
+            report_html.write_html(args.html, doc, page)
         except OSError as exc:
             raise BadInput(f"--html {args.html!r}: cannot write it: {exc}") from None
         print(f"mlx report: {args.html} (HTML, {len(doc['tests'])} test variants)")

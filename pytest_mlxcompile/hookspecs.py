@@ -72,8 +72,9 @@ def pytest_mlxcompile_record(item: pytest.Item, kind: str, record: dict[str, Any
       function that is not shapeless-safe).
     - ``"timing"``: one timed function (the JSON report's timing entry).
 
-    The record is the plugin's own data: copy it before changing it. Implementing this hook
-    adds one observer to instrumented tests; without an implementation the plugin skips it.
+    Each call gets its own copy of the record: changing it does not change the report.
+    Implementing this hook adds one observer to instrumented tests; without an implementation
+    the plugin skips it.
 
     Example (``conftest.py``): stream every retrace with its reasons to a log::
 

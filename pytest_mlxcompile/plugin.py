@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import warnings
@@ -203,7 +204,8 @@ def _emit_to(item: pytest.Item) -> record_hook.Emit:
     hook = item.ihook.pytest_mlxcompile_record
 
     def emit(kind: str, record: dict[str, Any]) -> None:
-        hook(item=item, kind=kind, record=record)
+        # a copy: what an implementation does to it must not change the report
+        hook(item=item, kind=kind, record=copy.deepcopy(record))
 
     return emit
 

@@ -20,13 +20,13 @@ __all__ = ["render", "write_html"]
 GAINED, NO_GAIN, SLOWER, NOT_RUN = "gained", "no gain", "slower", "could not compare"
 
 
-def write_html(path: str, doc: dict[str, Any]) -> None:
-    """Write the page atomically, creating parent folders."""
+def write_html(path: str, doc: dict[str, Any], page: str | None = None) -> None:
+    """Write the page (``render(doc)`` unless given) atomically, creating parent folders."""
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".mlx-report-", suffix=".html", dir=parent)
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(render(doc))
+        handle.write(render(doc) if page is None else page)
     umask = os.umask(0)  # mkstemp makes the file private; give it the mode open() would
     os.umask(umask)
     os.chmod(tmp, 0o666 & ~umask)

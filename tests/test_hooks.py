@@ -181,6 +181,37 @@ def test_the_record_hook_sees_a_diagnosis_and_a_failed_parity_check(pytester, ru
     )
 
 
+def test_a_record_hook_that_changes_its_record_leaves_the_report_alone(pytester, run):
+    pytester.makeconftest(
+        """
+def pytest_mlxcompile_record(item, kind, record):
+    record.clear()
+"""
+    )
+    pytester.makepyfile(
+        """
+import mlx.core as mx
+import pytest
+
+@mx.compile
+def double(x):
+    return x * 2
+
+@pytest.mark.compiled
+def test_shapes():
+    double(mx.ones(3))
+    double(mx.ones(5))
+"""
+    )
+    run("--mlx-report-json=out.json").assert_outcomes(passed=1)
+    (test,) = json.loads((pytester.path / "out.json").read_text())["tests"]
+    events = test["functions"][0]["recompiles"]
+    assert [e["reasons"] for e in events] == [
+        ["first trace: arg 0 'x' array (3,) float32"],
+        ["arg 0 'x' shape (3,) -> (5,)"],
+    ]
+
+
 def test_the_record_hook_sees_each_timing(pytester, run):
     pytester.makeconftest(RECORDER)
     pytester.makepyfile(

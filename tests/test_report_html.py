@@ -95,6 +95,29 @@ def test_the_page_charts_bandwidth_against_the_roofline_when_the_report_has_one(
     assert _bars(page, "bandwidth") == 2
 
 
+def test_the_page_lists_shapeless_notes_and_function_notes_when_the_report_has_them(pytester, run):
+    pytester.makepyfile(SUITE)
+    run(FAST, "--mlx-report-json=report.json").assert_outcomes(passed=1)
+    doc = json.loads((pytester.path / "report.json").read_text())
+    assert 'id="notes"' not in report_html.render(doc)
+    note = {"function": "double", "where": "x.py:5", "mode": "shapeless"}
+    doc["shapeless"] = [{**note, "kind": "not_shapeless_safe", "message": "wrong at size 7"}]
+    doc["tests"][0]["functions"][0]["notes"] = [
+        {**note, "kind": "check_skipped", "message": "over the byte budget"}
+    ]
+    page = report_html.render(doc)
+    assert '<section id="notes"><h2>Notes (2)</h2>' in page
+    assert "wrong at size 7" in page
+    assert "over the byte budget" in page
+
+
+def test_a_report_without_timings_or_tests_still_renders_saying_what_is_missing():
+    page = report_html.render({"schema": "pytest-mlxcompile/report", "version": 1, "tests": []})
+    assert "No timings in this report: run with --mlx-timings" in page
+    assert "No speedups: no function was timed in a compiled mode." in page
+    assert "No compile bug was diagnosed." in page
+
+
 # real browser --------------------------------------------------------------------------------
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 needs_chromium = pytest.mark.skipif(
