@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import os
 import warnings
 from collections.abc import Callable, Generator
 from typing import Any
@@ -434,7 +435,16 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     if chosen.report_json is not None:
         report.write_json(chosen.report_json, doc)
     if chosen.report_html is not None:
-        report_html.write_html(chosen.report_html, doc)
+        try:
+            report_html.write_html(chosen.report_html, doc)
+        except OSError as exc:
+            # the run is over: say why there is no page and make the exit status say it too
+            config.get_terminal_writer().line(
+                f"ERROR: pytest-mlxcompile: cannot write --mlx-report-html="
+                f"{chosen.report_html}: {exc.strerror or exc} ({exc.filename or ''})",
+                red=True,
+            )
+            session.exitstatus = pytest.ExitCode.USAGE_ERROR
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
@@ -442,9 +452,24 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     chosen = config.stash.get(settings_key, None)
     if chosen is None or _is_worker(config):
         return
+    if chosen.report_html is not None:
+        _check_writable(chosen.report_html, "--mlx-report-html")
     if chosen.report_json is not None or chosen.report_html is not None:
         # here, not at the end: a bad hook answer is a usage error before any test runs
         config.stash[machine_key] = _machine_info(config)
+
+
+def _check_writable(path: str, flag: str) -> None:
+    """A report path whose folder cannot be made or written is a usage error before the tests."""
+    parent = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(parent, exist_ok=True)
+    except OSError as exc:
+        problem = f"cannot create its folder {parent}: {exc.strerror or exc}"
+    else:
+        problem = "" if os.access(parent, os.W_OK) else f"its folder {parent} is not writable"
+    if problem:
+        raise pytest.UsageError(f"pytest-mlxcompile: {flag}={path}: {problem}")
 
 
 def _machine_info(config: pytest.Config) -> dict[str, Any]:

@@ -71,6 +71,18 @@ def test_an_html_path_that_is_not_html_is_a_usage_error(pytester, run):
     )
 
 
+def test_an_html_path_whose_folder_cannot_be_made_is_a_usage_error_before_any_test(pytester, run):
+    pytester.makepyfile(SUITE)
+    pytester.path.joinpath("blocker").write_text("a file, not a folder")
+    result = run("--mlx-report-html=blocker/report.html")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        ["ERROR: pytest-mlxcompile: --mlx-report-html=blocker/report.html: cannot create its "
+         "folder */blocker: File exists"]
+    )  # fmt: skip
+    assert "test_an_html_path" not in result.stdout.str()  # no test ran
+
+
 def test_the_page_charts_bandwidth_against_the_roofline_when_the_report_has_one(pytester, run):
     pytester.makepyfile(SUITE)
     run(FAST, "--mlx-report-json=report.json").assert_outcomes(passed=1)
