@@ -120,7 +120,8 @@ class Row:
             parts.append(f"{self.bound}-bound")
         breaks = _num(_get(self.timing, "break_even_calls", "compiled"))
         if self.verdict == GAINED and breaks is not None:
-            parts.append(f"pays off after {math.ceil(breaks)} calls")
+            calls = math.ceil(breaks)
+            parts.append(f"pays off after {calls} call{'s' * (calls != 1)}")
         for mode in ("compiled", "shapeless"):
             error = self.mode_error(mode)
             if error:
@@ -165,6 +166,11 @@ def _rate(value: float | None) -> str:
 
 def _x(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}x"
+
+
+def _calls(value: float) -> str:
+    calls = math.ceil(value)
+    return f"{calls} call{'s' * (calls != 1)}"
 
 
 def _cell(text: str, sort: float | str | None = None, cls: str = "") -> str:
@@ -497,7 +503,7 @@ def _table(rows: list[Row]) -> str:
             + _cell(
                 "never"
                 if breaks is None and row.verdict != GAINED
-                else ("-" if breaks is None else f"{math.ceil(breaks)} calls"),
+                else ("-" if breaks is None else _calls(breaks)),
                 breaks if breaks is not None else 1e300,
             )
             + _cell(_x(memory), memory if memory is not None else "")
@@ -726,11 +732,11 @@ vertical-align:middle}.legend .whisker-key{border-top:2px solid #1d2430;height:0
 border-radius:0}
 .hint,.empty{color:var(--muted);margin:0 0 8px}
 table{border-collapse:collapse;width:100%;font-size:13px;background:var(--card)}
-th,td{padding:5px 8px;border-bottom:1px solid var(--line);text-align:right;white-space:nowrap}
+th,td{padding:5px 6px;border-bottom:1px solid var(--line);text-align:right;white-space:nowrap}
 th:first-child,td:first-child,td.why,th:last-child{text-align:left}
-td.fn{white-space:normal;min-width:300px;max-width:420px}td.fn .test{color:var(--muted);
+td.fn{white-space:normal;min-width:240px;max-width:320px}td.fn .test{color:var(--muted);
 font-size:11.5px;word-break:break-all}td.why{white-space:normal;
-min-width:220px;color:var(--muted)}
+min-width:200px;color:var(--muted)}
 table.sortable th{cursor:pointer;user-select:none;background:#f0f3f6;position:sticky;top:0}
 table.sortable th:hover{background:#e4e9ef}th[aria-sort=ascending]::after{content:" ▲"}
 th[aria-sort=descending]::after{content:" ▼"}
