@@ -354,15 +354,17 @@ def bandwidth_chart(rows: Sequence[Row], roofline: float | None, method: str) ->
             f'y="{y + 5}" width="{max(end - start, 1.5):.1f}" height="{_ROW_H - 10}" rx="3" '
             f'fill="{_COLORS[row.verdict]}"><title>{escape(tip)}</title></rect>'
         )
+        ex_end = end
         if row.eager_bandwidth is not None:
             ex, mid = x(row.eager_bandwidth), y + _ROW_H / 2
+            ex_end = ex + 4
             parts.append(
                 f'<circle class="eager-mark" cx="{ex:.1f}" cy="{mid}" r="4">'
                 f"<title>eager {escape(_rate(row.eager_bandwidth))}</title></circle>"
             )
         text = _rate(row.bandwidth) + (f" ({row.fraction:.1%})" if row.fraction is not None else "")
         parts.append(
-            f'<text class="value" x="{end + 8:.1f}" y="{y + _ROW_H / 2 + 4:.1f}">'
+            f'<text class="value" x="{max(end, ex_end) + 8:.1f}" y="{y + _ROW_H / 2 + 4:.1f}">'
             f"{escape(text)}</text>"
         )
     parts.append("</svg>")
