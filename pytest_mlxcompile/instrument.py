@@ -568,7 +568,8 @@ class VariantRun:
         state = (
             (name, want, got) for (name, want), (_, got) in zip(eager_after, after, strict=True)
         )
-        mismatch = compare_call(capture(expected), capture(out), state, self.tolerance)
+        tolerance = self.tolerance.bind(record.fn.name, record.fn.where)
+        mismatch = compare_call(capture(expected), capture(out), state, tolerance)
         if mismatch is not None:
             raise ParityError(self._parity_message(record, mismatch, traced))
 

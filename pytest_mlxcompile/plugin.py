@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
+import os
 import warnings
 from collections.abc import Callable, Generator
 from typing import Any
@@ -11,18 +14,23 @@ import pytest
 
 from pytest_mlxcompile import (
     _mlx,
+    coverage_context,
+    hookspecs,
     instrument,
     recompiles,
+    record_hook,
     report,
+    report_html,
     sanitize,
     settings,
     shapeless_probe,
     timing,
     variants,
 )
+from pytest_mlxcompile.errors import ParityError
 from pytest_mlxcompile.isolation import GlobalState
 from pytest_mlxcompile.markers import MARKER_HELP
-from pytest_mlxcompile.modes import Mode
+from pytest_mlxcompile.modes import Mode, parse_modes
 
 settings_key = pytest.StashKey[settings.Settings]()
 patched_key = pytest.StashKey[bool]()
@@ -32,6 +40,10 @@ collector_key = pytest.StashKey[report.Collector]()
 baseline_key = pytest.StashKey["report.Baseline | None"]()
 last_calls_key = pytest.StashKey[timing.LastCalls]()
 timings_key = pytest.StashKey[list[timing.FunctionTiming]]()
+emitter_key = pytest.StashKey[record_hook.RecordEmitter]()
+cov_context_key = pytest.StashKey[bool]()
+coverage_key = pytest.StashKey[Any]()
+machine_key = pytest.StashKey[dict[str, Any]]()
 
 
 def _patch_mlx(config: pytest.Config) -> None:
@@ -49,8 +61,26 @@ def pytest_load_initial_conftests(early_config: pytest.Config) -> None:
     _patch_mlx(early_config)
 
 
+def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
+    pluginmanager.add_hookspecs(hookspecs)
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     settings.add_options(parser)
+
+
+# trylast: the built-in answer, asked after every other implementation returned None.
+@pytest.hookimpl(trylast=True)
+def pytest_mlxcompile_tolerance(
+    item: pytest.Item, function: str, where: str, dtype: str, default: tuple[float, float]
+) -> tuple[float, float]:
+    return default
+
+
+# trylast: the built-in answer, asked after every other implementation returned None.
+@pytest.hookimpl(trylast=True)
+def pytest_mlxcompile_modes(metafunc: pytest.Metafunc, modes: tuple[Mode, ...]) -> tuple[Mode, ...]:
+    return modes
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -74,6 +104,39 @@ def pytest_configure(config: pytest.Config) -> None:
     )
     if config.pluginmanager.hasplugin("xdist"):
         config.pluginmanager.register(XdistHooks(config), "mlxcompile-xdist")
+    if resolved.cov_context:
+        _start_coverage_contexts(config)
+
+
+def _start_coverage_contexts(config: pytest.Config) -> None:
+    cov = coverage_context.current()
+    problem = coverage_context.conflict(cov, getattr(config.option, "cov_context", None))
+    # pytest-cov starts a worker's coverage at session start, and an xdist controller runs no
+    # tests: there, the check waits for the first test (_coverage)
+    distributed = _is_worker(config) or getattr(config.option, "dist", "no") != "no"
+    if problem is None and cov is None and not distributed:
+        problem = _NO_COVERAGE
+    if problem is not None:
+        raise pytest.UsageError(f"pytest-mlxcompile: {problem}")
+    config.stash[cov_context_key] = True
+
+
+_NO_COVERAGE = (
+    "--mlx-cov-context needs coverage.py measuring this process: run "
+    "'coverage run -m pytest ...' or add pytest-cov's --cov=SOURCE"
+)
+
+
+def _coverage(item: pytest.Item) -> Any:
+    """The running coverage.Coverage for --mlx-cov-context, looked up per test (xdist workers
+    start theirs late); None without the option."""
+    if not item.config.stash.get(cov_context_key, False):
+        return None
+    cov = coverage_context.current()
+    if cov is None:
+        pytest.fail(f"pytest-mlxcompile: {_NO_COVERAGE}", pytrace=False)
+    item.stash[coverage_key] = cov
+    return cov
 
 
 def _workers(config: pytest.Config) -> int:
@@ -103,7 +166,25 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
 # trylast: after @pytest.mark.parametrize, so the mode comes last in ids: test_x[1-compiled].
 @pytest.hookimpl(trylast=True)
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    variants.parametrize(metafunc, metafunc.config.stash[settings_key])
+    variants.parametrize(metafunc, metafunc.config.stash[settings_key], _choose_modes)
+
+
+def _choose_modes(
+    metafunc: pytest.Metafunc, modes: tuple[Mode, ...]
+) -> tuple[tuple[Mode, ...], str]:
+    """The pytest_mlxcompile_modes hook's answer, or an error naming the test and the answer."""
+    answer = metafunc.definition.ihook.pytest_mlxcompile_modes(metafunc=metafunc, modes=modes)
+    if answer is None:
+        return modes, ""
+    source = f"{metafunc.definition.nodeid}: the pytest_mlxcompile_modes hook returned {answer!r}"
+    if isinstance(answer, (list, tuple)) and not answer:
+        return (), ""
+    try:
+        return parse_modes(
+            list(answer) if isinstance(answer, (list, tuple)) else answer, source=source
+        ), ""
+    except ValueError as exc:
+        return (), f"{exc} (return a list of mode names, or None to keep {list(map(str, modes))})"
 
 
 def _observers(item: pytest.Item, plan: variants.VariantPlan) -> list[instrument.Observer]:
@@ -119,7 +200,59 @@ def _observers(item: pytest.Item, plan: variants.VariantPlan) -> list[instrument
             stale=sanitizer.graph_is_stale,
         )
         observers += [sanitizer, probe]
-    return [*observers, *_timing_observers(item, plan)]
+    observers += _timing_observers(item, plan)
+    if item.ihook.pytest_mlxcompile_record.get_hookimpls():
+        item.stash[emitter_key] = emitter = record_hook.RecordEmitter(_emit_to(item))
+        observers.append(emitter)
+    cov = item.stash.get(coverage_key, None)
+    if cov is not None and plan.mode.compiles:
+        observers.append(coverage_context.TraceContext(cov, _cov_context(item, plan.mode)))
+    return observers
+
+
+def _emit_to(item: pytest.Item) -> record_hook.Emit:
+    hook = item.ihook.pytest_mlxcompile_record
+
+    def emit(kind: str, record: dict[str, Any]) -> None:
+        # a copy: what an implementation does to it must not change the report
+        hook(item=item, kind=kind, record=copy.deepcopy(record))
+
+    return emit
+
+
+def _cov_context(item: pytest.Item, mode: Mode) -> str:
+    return f"{item.nodeid}|{mode}"
+
+
+def _tolerance_hook(item: pytest.Item) -> Callable[..., tuple[float, float] | None] | None:
+    """What parity asks for a tolerance; None when only the built-in answer is there (then a
+    parity check pays nothing for the hook)."""
+    hook = item.ihook.pytest_mlxcompile_tolerance
+    if len(hook.get_hookimpls()) <= 1:
+        return None
+
+    def ask(
+        function: str, where: str, dtype: str, default: tuple[float, float]
+    ) -> tuple[float, float] | None:
+        answer = hook(item=item, function=function, where=where, dtype=dtype, default=default)
+        if answer is None:
+            return None
+        try:
+            rtol, atol = answer
+            return (
+                settings.parse_tolerance(rtol, "rtol"),
+                settings.parse_tolerance(atol, "atol"),
+            )
+        except (TypeError, ValueError) as exc:
+            error = str(exc)
+        pytest.fail(
+            f"pytest-mlxcompile: the pytest_mlxcompile_tolerance hook returned {answer!r} "
+            f"for {function} ({where}) {dtype}: {error}; return (rtol, atol), two numbers "
+            ">= 0, or None to keep the default",
+            pytrace=False,
+        )
+
+    return ask
 
 
 def _recompile_observer(item: pytest.Item, plan: variants.VariantPlan) -> instrument.Observer:
@@ -162,11 +295,14 @@ def pytest_runtest_setup(item: pytest.Item) -> Generator[None]:
     if plan is None:
         return (yield)
     _mlx.core()  # loading mlx.core applies the patch
+    cov = _coverage(item)
+    if cov is not None:
+        coverage_context.switch(cov, _cov_context(item, plan.mode))
     run = instrument.VariantRun(
         plan.mode,
         label=item.nodeid,
         parity=plan.parity,
-        tolerance=plan.tolerance,
+        tolerance=dataclasses.replace(plan.tolerance, hook=_tolerance_hook(item)),
         observers=_observers(item, plan),
     )
     item.stash[run_key] = run
@@ -206,6 +342,10 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None]:
     timings = item.stash.setdefault(timings_key, [])
     if last is not None:
         timings += last.measure(contended=_workers(item.config) > 1)
+    if timings and item.ihook.pytest_mlxcompile_record.get_hookimpls():
+        emit = _emit_to(item)
+        for entry in timings:
+            emit("timing", entry.to_json())
     _gate(item, timings)
     return result
 
@@ -224,6 +364,9 @@ def pytest_runtest_makereport(
 ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     record = None
     run, timings = item.stash.get(run_key, None), item.stash.get(timings_key, [])
+    emitter = item.stash.get(emitter_key, None)
+    if emitter is not None and call.excinfo is not None and call.excinfo.errisinstance(ParityError):
+        emitter.parity_error = str(call.excinfo.value)
     if call.when == "teardown" and (run is not None or timings):
         record = report.variant_record(item.nodeid, run, timings)
         item.user_properties.extend(report.junit_properties(record))
@@ -238,6 +381,8 @@ def pytest_runtest_makereport(
         _forget(item, last_calls_key)
         _forget(item, timings_key)
         _forget(item, globals_key)
+        _forget(item, emitter_key)
+        _forget(item, coverage_key)
     return test_report
 
 
@@ -262,6 +407,9 @@ def pytest_runtest_teardown(item: pytest.Item) -> Generator[None]:
             if saved is not None:
                 for note in saved.restore():
                     warnings.warn(pytest.PytestWarning(f"pytest-mlxcompile: {note}"), stacklevel=1)
+            cov = item.stash.get(coverage_key, None)
+            if cov is not None:
+                coverage_context.switch(cov, "")
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
@@ -283,20 +431,86 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         config.stash[baseline_key],
         config.stash[settings_key].report_json,
     )
+    html = config.stash[settings_key].report_html
+    if html is not None:
+        terminalreporter.write_line(
+            f"mlx report: {html} (HTML, {len(collector.records)} test variants)"
+        )
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
     config = session.config
-    path = config.stash[settings_key].report_json
-    if path is None or _is_worker(config) or collector_key not in config.stash:
+    chosen = config.stash.get(settings_key, None)
+    if chosen is None or _is_worker(config) or collector_key not in config.stash:
+        return
+    if chosen.report_json is None and chosen.report_html is None:
         return
     doc = report.document(
         config.stash[collector_key],
-        config.stash[settings_key],
-        report.machine_info(),
+        chosen,
+        config.stash[machine_key] if machine_key in config.stash else report.machine_info(),
         _workers(config),
     )
-    report.write_json(path, doc)
+    if chosen.report_json is not None:
+        report.write_json(chosen.report_json, doc)
+    if chosen.report_html is not None:
+        try:
+            report_html.write_html(chosen.report_html, doc)
+        except OSError as exc:
+            # the run is over: say why there is no page and make the exit status say it too
+            config.get_terminal_writer().line(
+                f"ERROR: pytest-mlxcompile: cannot write --mlx-report-html="
+                f"{chosen.report_html}: {exc.strerror or exc} ({exc.filename or ''})",
+                red=True,
+            )
+            session.exitstatus = pytest.ExitCode.USAGE_ERROR
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    config = session.config
+    chosen = config.stash.get(settings_key, None)
+    if chosen is None or _is_worker(config):
+        return
+    if chosen.report_html is not None:
+        _check_writable(chosen.report_html, "--mlx-report-html")
+    if chosen.report_json is not None or chosen.report_html is not None:
+        # here, not at the end: a bad hook answer is a usage error before any test runs
+        config.stash[machine_key] = _machine_info(config)
+
+
+def _check_writable(path: str, flag: str) -> None:
+    """A report path whose folder cannot be made or written is a usage error before the tests."""
+    parent = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(parent, exist_ok=True)
+    except OSError as exc:
+        problem = f"cannot create its folder {parent}: {exc.strerror or exc}"
+    else:
+        problem = "" if os.access(parent, os.W_OK) else f"its folder {parent} is not writable"
+    if problem:
+        raise pytest.UsageError(f"pytest-mlxcompile: {flag}={path}: {problem}")
+
+
+def _machine_info(config: pytest.Config) -> dict[str, Any]:
+    """The plugin's machine facts plus what pytest_mlxcompile_machine_info implementations add."""
+    machine = report.machine_info()
+    for extra in config.hook.pytest_mlxcompile_machine_info(config=config):
+        if extra is None:
+            continue
+        if not isinstance(extra, dict):
+            raise pytest.UsageError(
+                f"pytest-mlxcompile: a pytest_mlxcompile_machine_info hook returned {extra!r}; "
+                "return a dict of JSON values, or None"
+            )
+        clash = sorted(set(extra) & set(machine))
+        if clash:
+            raise pytest.UsageError(
+                f"pytest-mlxcompile: a pytest_mlxcompile_machine_info hook returned the key(s) "
+                f"{', '.join(map(repr, clash))}, which the plugin fills itself; rename them "
+                "(e.g. 'ci_' + key)"
+            )
+        machine.update(extra)
+    return machine
 
 
 class XdistHooks:

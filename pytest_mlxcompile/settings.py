@@ -69,6 +69,19 @@ def parse_json_path(value: str, source: str) -> str:
     return value
 
 
+def parse_html_path(value: str, source: str) -> str:
+    """A path for the HTML report: not a directory, named .html so a browser opens it."""
+    if not value.strip():
+        raise ValueError(f"{source}: an empty path; give a file such as mlx-report.html")
+    if os.path.isdir(value) or value.endswith(("/", os.sep)):
+        raise ValueError(
+            f"{source}: {value!r} is a directory; give a file such as {value}/mlx.html"
+        )
+    if not value.endswith((".html", ".htm")):
+        raise ValueError(f"{source}: {value!r} must end in .html (the report is one HTML page)")
+    return value
+
+
 def parse_existing_json(value: str, source: str) -> str:
     if not os.path.isfile(value):
         raise ValueError(
@@ -261,6 +274,15 @@ OPTIONS: tuple[Option, ...] = (
         metavar="PATH",
     ),
     Option(
+        "report_html",
+        "--mlx-report-html",
+        "Write a self-contained HTML page (no network) with the timings table, speedup and "
+        "bandwidth charts, trace histories and diagnoses (docs/html-report.md)",
+        parse_html_path,
+        None,
+        metavar="PATH",
+    ),
+    Option(
         "compare",
         "--mlx-compare",
         "Compare timings with a JSON report saved by --mlx-report-json and print the deltas",
@@ -297,6 +319,15 @@ OPTIONS: tuple[Option, ...] = (
         2**30,
         metavar="SIZE",
     ),
+    Option(
+        "cov_context",
+        "--mlx-cov-context",
+        "Set coverage.py's dynamic context to '<nodeid>|<mode>' ('|trace' appended while MLX "
+        "traces) in instrumented tests; needs coverage running (--cov or coverage run)",
+        parse_flag,
+        False,
+        is_flag=True,
+    ),
 )
 
 
@@ -312,11 +343,13 @@ class Settings:
     timings: bool = False
     timings_budget: float = 1.0
     report_json: str | None = None
+    report_html: str | None = None
     compare: str | None = None
     compare_fail: tuple[CompareRule, ...] = ()
     sanitize: bool = True
     #: bytes a check may evaluate per call; 0 means no limit
     max_check_bytes: int = 2**30
+    cov_context: bool = False
 
 
 def add_options(parser: pytest.Parser) -> None:

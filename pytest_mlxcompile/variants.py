@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pytest
@@ -37,7 +38,13 @@ def _marker(
     return from_item(definition, test)
 
 
-def parametrize(metafunc: pytest.Metafunc, settings: Settings) -> None:
+#: ``choose(metafunc, modes) -> (modes, error)``: the ``pytest_mlxcompile_modes`` hook's answer
+ChooseModes = Callable[[pytest.Metafunc, tuple[Mode, ...]], tuple[tuple[Mode, ...], str]]
+
+
+def parametrize(
+    metafunc: pytest.Metafunc, settings: Settings, choose: ChooseModes | None = None
+) -> None:
     """With the matrix on, give each member test one variant per mode: ``test_x[eager]``, ..."""
     test = metafunc.definition.nodeid
     try:
@@ -53,8 +60,21 @@ def parametrize(metafunc: pytest.Metafunc, settings: Settings) -> None:
     modes = settings.modes
     if marker is not None and marker.modes is not None:
         modes = tuple(m for m in modes if m in marker.modes)
+    vetoed = ""
+    if choose is not None:
+        chosen, error = choose(metafunc, modes)
+        if error:
+            pytest.fail(error, pytrace=False)
+        if not chosen and modes:
+            vetoed = f"the pytest_mlxcompile_modes hook vetoed every mode ({', '.join(modes)})"
+        modes = chosen
     if MODE_PARAM not in metafunc.fixturenames:
         metafunc.fixturenames.append(MODE_PARAM)
+    if vetoed:
+        metafunc.parametrize(
+            MODE_PARAM, [pytest.param(None, marks=pytest.mark.skip(reason=vetoed))], ids=["none"]
+        )
+        return
     if not modes:
         narrowed = marker.modes if marker is not None and marker.modes else ()
         reason = (
