@@ -14,7 +14,15 @@ from typing import Any
 from pytest_mlxcompile import _mlx
 from pytest_mlxcompile.state import capture, leaves, structure
 
-__all__ = ["DEFAULT_TOLERANCES", "Mismatch", "Tolerance", "compare", "compare_call"]
+__all__ = [
+    "DEFAULT_TOLERANCES",
+    "Mismatch",
+    "Tolerance",
+    "Unevaluable",
+    "compare",
+    "compare_call",
+    "first_unevaluable",
+]
 
 #: dtype name -> (rtol, atol); dtypes not listed (ints, bool) compare exactly.
 DEFAULT_TOLERANCES: dict[str, tuple[float, float]] = {
@@ -51,6 +59,46 @@ class Mismatch:
     path: str
     summary: str
     details: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Unevaluable:
+    """An array MLX refused to evaluate: where (``out[0]``) and what MLX said."""
+
+    path: str
+    error: Exception
+
+    @property
+    def placeholder(self) -> bool:
+        return "without a primitive" in str(self.error)
+
+    @property
+    def said(self) -> str:
+        text = str(self.error).strip()
+        return text.splitlines()[0] if text else type(self.error).__name__
+
+
+def first_unevaluable(snap: object, path: str) -> Unevaluable | None:
+    """Evaluate the arrays of a captured tree; the first one MLX refuses, or None.
+
+    One ``mx.eval`` for the whole tree; only when it fails, one per array to name the culprit.
+    Comparing evaluates anyway: doing it here first turns MLX's error into a diagnosis.
+    """
+    mx = _mlx.core()
+    arrays = [(p, leaf) for p, leaf in leaves(snap, path) if isinstance(leaf, mx.array)]
+    if not arrays:
+        return None
+    try:
+        mx.eval([a for _, a in arrays])
+        return None
+    except Exception as exc:
+        whole = exc
+    for leaf_path, array in arrays:
+        try:
+            mx.eval(array)
+        except Exception as exc:
+            return Unevaluable(leaf_path, exc)
+    return Unevaluable(path, whole)
 
 
 def dtype_name(dtype: object) -> str:
@@ -91,13 +139,14 @@ def _compare_arrays(path: str, expected: Any, actual: Any, tol: Tolerance) -> Mi
         return np.asarray(a).astype(np.complex128 if "complex" in name else np.float64)
 
     want, got = host(expected), host(actual)
-    diff = np.abs(got - want)
-    both_nan = np.isnan(want) & np.isnan(got)
-    bad = ~((diff <= atol + rtol * np.abs(want)) | both_nan)
+    # torch.testing.assert_close's rule, |got - want| <= atol + rtol * |want|, NaN equal to NaN
+    bad = ~np.isclose(got, want, rtol=rtol, atol=atol, equal_nan=True)
     count = int(bad.sum())
     if count == 0:
         return None
-    diff = np.where(both_nan, 0.0, np.nan_to_num(diff, nan=np.inf))
+    with np.errstate(invalid="ignore"):
+        diff = np.abs(got - want)
+    diff = np.where(bad, np.nan_to_num(diff, nan=np.inf), 0.0)
     with np.errstate(divide="ignore", invalid="ignore"):
         rel = np.where(diff == 0, 0.0, diff / np.abs(want))
     abs_at = np.unravel_index(int(np.argmax(diff)), diff.shape) if diff.ndim else ()
