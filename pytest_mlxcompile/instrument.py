@@ -155,6 +155,10 @@ def _marking_transform(transform: Callable[..., Any]) -> Callable[..., Any]:
                 _tls.depth -= 1
                 _tls.transform = outer
 
+        # MLX's transformed function forwards attribute reads to ``inside``: describe() names
+        # mx.compile(mx.grad(loss)) "grad(loss)" at loss's line, not after this wrapper
+        inside.__mlx_transform__ = name  # type: ignore[attr-defined]
+        inside.__wrapped__ = fun  # type: ignore[attr-defined]
         return transform(inside, *args, **kwargs)
 
     return patched
@@ -174,6 +178,8 @@ def instrumented_compile(
         return _patches.compile(fun, inputs, outputs, shapeless)  # type: ignore[no-any-return]
     compiled = InstrumentedFunction(fun, inputs, outputs, shapeless, _patches.compile)
     compiled.compiled_at = (caller.f_code.co_filename, caller.f_lineno)
+    if compiled.where in (BUILT_IN, "<unknown>"):
+        compiled.where = f"{locations.relative(caller.f_code.co_filename)}:{caller.f_lineno}"
     return compiled
 
 
@@ -198,10 +204,20 @@ def running_eagerly() -> bool:
     return _tls.eager or (_active is not None and _active.mode is Mode.EAGER)
 
 
+#: ``describe``'s "where" for a function with no Python source (``mx.exp``): the place of the
+#: ``mx.compile`` call is used instead when it is known
+BUILT_IN = "<built-in>"
+
+
 def describe(fun: object) -> tuple[str, str]:
     """A user's name for a callable and where its code is (``file:line``)."""
     target = fun
     for _ in range(8):
+        transform = getattr(target, "__mlx_transform__", None)
+        if isinstance(transform, str) and getattr(target, "__wrapped__", None) is not None:
+            # mx.grad(loss) through our marking wrapper: name it after the user's function
+            inner_name, inner_where = describe(target.__wrapped__)  # type: ignore[attr-defined]
+            return f"{transform}({inner_name})", inner_where
         if isinstance(target, functools.partial):
             target = target.func
         elif isinstance(target, InstrumentedFunction):
@@ -213,6 +229,12 @@ def describe(fun: object) -> tuple[str, str]:
     code = getattr(target, "__code__", None)
     if code is not None:
         name = getattr(target, "__qualname__", None) or getattr(target, "__name__", "<function>")
+    elif isinstance(target, types.BuiltinFunctionType) or type(target).__name__ == "nb_func":
+        # mx.compile(mx.exp): a function of a compiled extension, which has no source line
+        module = str(getattr(target, "__module__", "") or "")
+        module = "mx" if module == "mlx.core" else module
+        plain = str(getattr(target, "__name__", type(target).__name__))
+        return (f"{module}.{plain}" if module else plain), BUILT_IN
     else:
         name = type(target).__name__
         code = getattr(vars(type(target)).get("__call__"), "__code__", None)

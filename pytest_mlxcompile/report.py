@@ -44,7 +44,7 @@ SCHEMA = "pytest-mlxcompile/report"
 #: Bump on any change that breaks a reader; adding optional keys does not (docs/report-schema.md).
 SCHEMA_VERSION = 1
 #: Keys other checks store in ``FunctionRecord.extra`` that the report copies when present.
-_EXTRA_LISTS = ("recompiles", "diagnoses")
+_EXTRA_LISTS = ("recompiles", "diagnoses", "notes")
 #: What must match for a baseline's timings to be comparable at all.
 _MACHINE_KEYS = ("mlx", "backend", "device", "system", "architecture", "python")
 
