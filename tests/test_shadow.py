@@ -1,0 +1,364 @@
+"""The eager shadow runs on copies: what it does never reaches the test, and what eager writes
+through to an argument (which a compiled call cannot) is a finding."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from conftest import GPU
+from schema_check import validate
+
+import pytest
+
+SCHEMA = json.loads(
+    (Path(__file__).parent.parent / "pytest_mlxcompile" / "report.schema.json").read_text()
+)
+
+
+@pytest.fixture
+def run(run):
+    """Parity on its own: the sanitizer diagnoses some of these programs earlier."""
+    return lambda *args: run("--mlx-sanitize=off", *args)
+
+
+KV_CACHE_ARGUMENT = """
+import mlx.core as mx
+import pytest
+
+@mx.compile
+def write_kv(cache, k, pos):
+    cache[:, pos] = k
+    return k.sum()
+
+@pytest.mark.compiled
+def test_fill():
+    cache = mx.zeros((2, 4))
+    for pos in range(3):
+        write_kv(cache, mx.ones((2,)), mx.array(pos))
+"""
+
+
+def test_an_argument_updated_in_place_fails_naming_the_argument_and_the_fix(pytester, run):
+    pytester.makepyfile(KV_CACHE_ARGUMENT)
+    result = run()
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "E *ParityError: write_kv [[]compiled[]] call 1: eager updated argument 0 'cache' in "
+            "place, the compiled call did not (mx.compile does not write through to arguments: "
+            "return the new value)",
+            "E *argument 0 'cache': updated in place",
+            "E *where: write_kv defined at test_an_argument_updated_in_place_*.py:4",
+            "E *why: mx.compile traces the function on copies of its arguments*",
+            "E *fix: return the updated value from write_kv and use the returned one "
+            "(cache = step(cache, ...)), or declare it as state: *",
+        ]
+    )
+
+
+def test_a_function_returning_the_updated_cache_passes(pytester, run):
+    pytester.makepyfile(
+        """
+        import mlx.core as mx
+        import pytest
+
+        @mx.compile
+        def write_kv(cache, k, pos):
+            cache[:, pos] = k
+            return cache
+
+        @mx.compile
+        def write_kv_functional(cache, k, pos):
+            return mx.where(mx.arange(cache.shape[1]) == pos, k[:, None], cache)
+
+        @pytest.mark.compiled
+        def test_fill():
+            a = b = mx.zeros((2, 4))
+            for pos in range(3):
+                a = write_kv(a, mx.ones((2,)), mx.array(pos))
+                b = write_kv_functional(b, mx.ones((2,)), mx.array(pos))
+            assert a.sum().item() == b.sum().item() == 6.0
+        """
+    )
+    run().assert_outcomes(passed=1)
+
+
+def test_an_argument_list_appended_to_fails_naming_the_list_and_the_item(pytester, run):
+    pytester.makepyfile(
+        """
+        import mlx.core as mx
+        import pytest
+
+        @mx.compile
+        def remember(seen, x):
+            seen.append(x * 2)
+            return x + 1
+
+        @pytest.mark.compiled
+        def test_remember():
+            remember([], mx.ones((2,)))
+        """
+    )
+    result = run()
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "E *ParityError: remember [[]compiled[]] call 1: eager changed argument 0 'seen' in "
+            "place, the compiled call did not (mx.compile does not write through to arguments: "
+            "return the new value)",
+            "E *argument 0 'seen': changed in place (list: item 0 added)",
+        ]
+    )
+
+
+def test_declared_state_the_shadow_updates_in_place_stays_as_the_compiled_call_left_it(
+    pytester, run
+):
+    # Plain mx.compile gives the same outcome: the array the test kept is never written.
+    program = """
+        from functools import partial
+
+        import mlx.core as mx
+        import pytest
+
+        state = [mx.zeros((2,))]
+
+        @partial(mx.compile, inputs=state, outputs=state)
+        def accumulate(x):
+            state[0] += x
+            return state[0] * 1
+
+        @pytest.mark.compiled
+        def test_accumulate():
+            first = state[0]
+            accumulate(mx.ones((2,)))
+            accumulate(mx.ones((2,)))
+            assert first.tolist() == [0.0, 0.0]
+            assert state[0].tolist() == [2.0, 2.0]
+        """
+    pytester.makepyfile(program)
+    run().assert_outcomes(passed=1)
+    run("-p", "no:mlxcompile").assert_outcomes(passed=1)
+
+
+def test_python_state_the_shadow_changes_is_put_back(pytester, run):
+    # A counter bumped by the body: plain mx.compile bumps it on the trace only.
+    pytester.makepyfile(
+        """
+        import mlx.core as mx
+        import pytest
+
+        calls = 0
+
+        @mx.compile
+        def double(x):
+            global calls
+            calls += 1
+            return x * 2
+
+        @pytest.mark.compiled
+        def test_count():
+            for _ in range(3):
+                double(mx.ones((2,)))
+            assert calls == 1
+        """
+    )
+    run().assert_outcomes(passed=1)
+    run("-p", "no:mlxcompile").assert_outcomes(passed=1)
+
+
+def test_a_placeholder_in_declared_state_is_a_placeholder_leak_not_a_raw_mlx_error(
+    pytester, run
+):
+    pytester.makepyfile(
+        """
+        from functools import partial
+
+        import mlx.core as mx
+        import pytest
+
+        state = [mx.zeros((2,))]
+
+        @partial(mx.compile, inputs=state)
+        def step(x):
+            state[0] = state[0] + x
+            return x * 2
+
+        @pytest.mark.compiled
+        def test_step():
+            step(mx.ones((2,)))
+        """
+    )
+    result = run()
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "E *PlaceholderLeakError: step [[]compiled[]] call 1: the compiled call left a "
+            "placeholder array at inputs[[]0[]]: [[]eval[]] Attempting to eval an array without "
+            "a primitive.",
+            "E *where: step defined at test_a_placeholder_in_declared_state_*.py:8",
+            "E *fix: return the array and store the returned value, or declare its holder in "
+            "both inputs= and outputs=",
+        ]
+    )
+    result.stdout.no_fnmatch_line("*RuntimeError*")
+
+
+@pytest.mark.skipif(GPU, reason="GatherMM runs float16 on GPUs; the refusal is the CPU backend's")
+def test_results_mlx_cannot_evaluate_skip_the_check_with_a_warning_and_a_note(pytester, run):
+    pytester.makepyfile(
+        """
+        import mlx.core as mx
+        import pytest
+
+        @mx.compile
+        def act(x):
+            return x * mx.sigmoid(x)
+
+        @pytest.mark.compiled
+        def test_float16_moe_shapes_only():
+            x = mx.ones((1, 1, 4), dtype=mx.float16)
+            w = mx.ones((2, 4, 4), dtype=mx.float16)
+            y = mx.gather_mm(x, w, rhs_indices=mx.array([1]))
+            out = act(y)
+            assert out.shape == (1, 1, 4)
+        """
+    )
+    result = run("--mlx-report-json=out.json")
+    result.assert_outcomes(passed=1, warnings=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*test_results_mlx_cannot_evaluate_*.py:13: PytestWarning: pytest-mlxcompile: act "
+            "[[]compiled[]] call 1: parity not checked: pytest-mlxcompile could not evaluate the "
+            "results to compare them (the test itself may never evaluate them): MLX says at out: "
+            "[[]GatherMM::eval[]] Currently only supports float32. (act is defined at *.py:4)",
+        ]
+    )
+    doc = json.loads((pytester.path / "out.json").read_text())
+    assert validate(doc, SCHEMA) == []
+    function = doc["tests"][0]["functions"][0]
+    assert (function["parity_checks"], function["parity_skipped"]) == (0, 1)
+    assert [(n["kind"], n["function"], n["mode"]) for n in function["notes"]] == [
+        ("check_not_evaluable", "act", "compiled")
+    ]
+
+
+def test_a_compiled_generator_function_says_mx_compile_cannot_compile_a_generator(
+    pytester, run
+):
+    pytester.makepyfile(
+        """
+        import mlx.core as mx
+        import pytest
+
+        @mx.compile
+        def gen(x):
+            yield x * 2
+
+        @pytest.mark.compiled
+        def test_generator():
+            assert next(gen(mx.ones((2,)))).tolist() == [2.0, 2.0]
+        """
+    )
+    result = run()
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "E *ParityError: gen [[]compiled[]] call 1: gen is a generator function, and "
+            "mx.compile cannot compile a generator",
+            "E *where: gen defined at test_a_compiled_generator_*.py:4",
+            "E *fix: return the arrays (a list or tuple) from gen instead of yielding them*",
+        ]
+    )
+    result.stdout.no_fnmatch_line("*rounding*")
+
+
+def test_a_compiled_grad_is_named_after_the_users_function_and_line(pytester, run):
+    pytester.makepyfile(
+        """
+        import mlx.core as mx
+        import pytest
+
+        W = mx.array([1.0, 2.0])
+
+        def loss(x):
+            return (x * W).sum()
+
+        @pytest.mark.compiled
+        def test_compiled_grad_stale():
+            global W
+            g = mx.compile(mx.grad(loss))
+            g(mx.ones((2,)))
+            W = mx.array([5.0, 5.0])
+            g(mx.ones((2,)))
+        """
+    )
+    result = run()
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "E *ParityError: grad(loss) [[]compiled[]] call 2 differs from eager at out",
+            "E *where: grad(loss) defined at test_a_compiled_grad_*.py:6; traced 1 time(s) *",
+        ]
+    )
+    result.stdout.no_fnmatch_line("*_marking_transform*")
+
+
+def test_a_compiled_builtin_is_named_after_it_at_the_compile_call(pytester, run):
+    pytester.makepyfile(
+        """
+        import mlx.core as mx
+        import pytest
+
+        @pytest.mark.compiled(max_recompiles=0)
+        def test_exp():
+            f = mx.compile(mx.exp)
+            f(mx.ones((2,)))
+            f(mx.ones((3,)))
+        """
+    )
+    result = run()
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "E *RecompileError: mx.exp [[]compiled[]] call 2 retraced: arg 0 shape (2,) -> (3,)",
+            "E *where: mx.exp defined at test_a_compiled_builtin_*.py:6, compiled at *.py:6",
+        ]
+    )
+
+
+def test_a_tests_arguments_are_freed_when_it_ends_without_waiting_for_the_cyclic_gc(
+    pytester, run
+):
+    pytester.makepyfile(
+        """
+        import gc
+        import weakref
+
+        import mlx.core as mx
+        import pytest
+
+        refs = []
+
+        @mx.compile
+        def big(x):
+            return x * 2 + 1
+
+        @pytest.fixture(autouse=True, scope="module")
+        def no_cyclic_gc():
+            gc.disable()
+            yield
+            gc.enable()
+
+        @pytest.mark.compiled
+        @pytest.mark.parametrize("i", range(3))
+        def test_big(i):
+            assert all(ref() is None for ref in refs), "an earlier test's argument is alive"
+            x = mx.ones((8,))
+            refs.append(weakref.ref(x))
+            assert big(x)[0].item() == 3.0
+        """
+    )
+    # with the sanitizer too: it keeps the last call's arguments for the shapeless probe
+    run("--mlx-sanitize=on", "--mlx-compile-matrix").assert_outcomes(passed=9)
