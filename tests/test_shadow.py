@@ -362,3 +362,94 @@ def test_a_tests_arguments_are_freed_when_it_ends_without_waiting_for_the_cyclic
     )
     # with the sanitizer too: it keeps the last call's arguments for the shapeless probe
     run("--mlx-sanitize=on", "--mlx-compile-matrix").assert_outcomes(passed=9)
+
+
+STALE_GLOBAL = """
+import mlx.core as mx
+import pytest
+
+W = mx.array([1.0, 2.0, 3.0])
+
+@mx.compile
+def scale(x):
+    return x * W
+
+@pytest.mark.compiled
+def test_reassigned_global():
+    global W
+    scale(mx.ones(3))
+    W = mx.array([10.0, 20.0, 30.0])
+    scale(mx.ones(3))
+"""
+
+
+def test_a_call_over_max_check_bytes_is_not_checked_and_says_so_in_a_note(pytester, run):
+    pytester.makepyfile(STALE_GLOBAL)
+    result = run("--mlx-max-check-bytes=32", "--mlx-report-json=out.json")
+    result.assert_outcomes(passed=1)
+    doc = json.loads((pytester.path / "out.json").read_text())
+    assert validate(doc, SCHEMA) == []
+    function = doc["tests"][0]["functions"][0]
+    assert (function["parity_checks"], function["parity_skipped"]) == (0, 2)
+    assert function["notes"] == [
+        {
+            "kind": "check_over_budget",
+            "function": "scale",
+            "where": "test_a_call_over_max_check_bytes_is_not_checked_and_says_so_in_a_note.py:6",
+            "mode": "compiled",
+            "message": "scale [compiled] call 1: parity not checked: the eager shadow would "
+            "evaluate about 36 B (arguments, captured and state arrays, outputs), over "
+            "--mlx-max-check-bytes=32 B. scale is defined at "
+            "test_a_call_over_max_check_bytes_is_not_checked_and_says_so_in_a_note.py:6. To check "
+            "it, raise --mlx-max-check-bytes (0: no limit)",
+        }
+    ]
+
+
+@pytest.mark.parametrize("value", ["36", "0", "1KiB"])
+def test_a_call_within_max_check_bytes_is_checked(pytester, run, value):
+    pytester.makepyfile(STALE_GLOBAL)
+    result = run(f"--mlx-max-check-bytes={value}")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["E *ParityError: scale [[]compiled[]] call 2 differs from eager*"])
+
+
+def test_a_lazily_built_array_over_the_budget_is_never_evaluated_by_the_checks(pytester, run):
+    pytester.makepyfile(
+        """
+        import mlx.core as mx
+        import pytest
+
+        @mx.compile
+        def double(x):
+            return x * 2
+
+        @pytest.mark.compiled
+        def test_shape_only():
+            mx.reset_peak_memory()
+            w = mx.random.normal((1024, 1024))  # 4 MiB, never evaluated by the test
+            assert double(w).shape == (1024, 1024)
+            assert mx.get_peak_memory() < 2**20, "a check evaluated the graph"
+        """
+    )
+    run("--mlx-sanitize=on", "--mlx-max-check-bytes=1MiB").assert_outcomes(passed=1)
+    run("--mlx-max-check-bytes=0").assert_outcomes(failed=1)
+
+
+def test_max_check_bytes_is_read_from_the_ini_file(pytester, run):
+    pytester.makepyfile(STALE_GLOBAL)
+    pytester.makeini("[pytest]\nmlx_max_check_bytes = 32\n")
+    run().assert_outcomes(passed=1)
+
+
+@pytest.mark.parametrize("value", ["lots", "-1", "1.5XB", "inf"])
+def test_a_bad_max_check_bytes_is_a_usage_error_naming_it(pytester, run, value):
+    pytester.makepyfile("def test_x(): pass")
+    result = run(f"--mlx-max-check-bytes={value}")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        [
+            f"ERROR: pytest-mlxcompile: --mlx-max-check-bytes: {value!r} is not a size in bytes "
+            ">= 0 (an int, or a number with a unit such as 512MiB, 2GB, 1GiB; 0 for no limit)"
+        ]
+    )
