@@ -168,9 +168,7 @@ def test_python_state_the_shadow_changes_is_put_back(pytester, run):
     run("-p", "no:mlxcompile").assert_outcomes(passed=1)
 
 
-def test_a_placeholder_in_declared_state_is_a_placeholder_leak_not_a_raw_mlx_error(
-    pytester, run
-):
+def test_a_placeholder_in_declared_state_is_a_placeholder_leak_not_a_raw_mlx_error(pytester, run):
     pytester.makepyfile(
         """
         from functools import partial
@@ -244,9 +242,7 @@ def test_results_mlx_cannot_evaluate_skip_the_check_with_a_warning_and_a_note(py
     ]
 
 
-def test_a_compiled_generator_function_says_mx_compile_cannot_compile_a_generator(
-    pytester, run
-):
+def test_a_compiled_generator_function_says_mx_compile_cannot_compile_a_generator(pytester, run):
     pytester.makepyfile(
         """
         import mlx.core as mx
@@ -328,9 +324,7 @@ def test_a_compiled_builtin_is_named_after_it_at_the_compile_call(pytester, run)
     )
 
 
-def test_a_tests_arguments_are_freed_when_it_ends_without_waiting_for_the_cyclic_gc(
-    pytester, run
-):
+def test_a_tests_arguments_are_freed_when_it_ends_without_waiting_for_the_cyclic_gc(pytester, run):
     pytester.makepyfile(
         """
         import gc
