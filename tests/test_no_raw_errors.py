@@ -5,9 +5,8 @@ programs that used to produce them, all together, with the checks that evaluated
 
 from __future__ import annotations
 
-from conftest import GPU, raw_errors
-
 import pytest
+from conftest import GPU, raw_errors
 
 CORPUS = {
     "test_placeholder_state": """

@@ -6,10 +6,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from conftest import GPU
 from schema_check import validate
-
-import pytest
 
 SCHEMA = json.loads(
     (Path(__file__).parent.parent / "pytest_mlxcompile" / "report.schema.json").read_text()
