@@ -30,7 +30,12 @@ from pytest_mlxcompile.errors import (
     PlaceholderLeakError,
 )
 from pytest_mlxcompile.modes import Mode
-from pytest_mlxcompile.parity import Mismatch, Tolerance, compare_call, first_unevaluable
+from pytest_mlxcompile.parity import (
+    Mismatch,
+    Tolerance,
+    compare_call,
+    first_unevaluable,
+)
 from pytest_mlxcompile.state import capture, restore, structure
 
 __all__ = [
@@ -603,7 +608,9 @@ class VariantRun:
             run.prepare(slots, declared)
             expected = run.run()
         except Exception as exc:
-            raise self._eager_raised(record, exc) from exc
+            error = self._eager_raised(record, exc)
+            # a placeholder's message quotes MLX's; any other error's traceback is the user's
+            raise error from (None if isinstance(error, PlaceholderLeakError) else exc)
         finally:
             tls.depth -= 1
             tls.eager = False
@@ -611,17 +618,27 @@ class VariantRun:
             run.restore_world()
             for _, snap in after:
                 restore(snap)
-        expected_snap, out_snap = capture(expected), capture(out)
-        if self._unevaluable(record, expected_snap, out_snap, eager_after, after):
-            return
-        record.parity_checks += 1
         changes = run.argument_changes(expected)
         if changes:
+            record.parity_checks += 1
             raise ParityError(self._argument_message(record, changes))
+        expected_snap, out_snap = capture(expected), capture(out)
         state = (
             (name, want, got) for (name, want), (_, got) in zip(eager_after, after, strict=True)
         )
-        mismatch = compare_call(expected_snap, out_snap, state, self.tolerance)
+        failure: Exception | None = None
+        try:
+            mismatch = compare_call(expected_snap, out_snap, state, self.tolerance)
+        except Exception as exc:
+            failure, mismatch = exc, None
+        if failure is not None:
+            # Comparing evaluates: MLX refused an array on one side (a placeholder, an op this
+            # backend cannot run). Find which, and say so instead of MLX's bare error (outside
+            # the except block, so that the error is not chained to MLX's).
+            if self._unevaluable(record, expected_snap, out_snap, eager_after, after):
+                return
+            raise failure
+        record.parity_checks += 1
         if mismatch is not None:
             raise ParityError(self._parity_message(record, mismatch, traced))
 
@@ -679,10 +696,11 @@ class VariantRun:
         eager_state: list[tuple[str, object]],
         compiled_state: list[tuple[str, object]],
     ) -> bool:
-        """Evaluate both sides before comparing; turn MLX's refusal into a diagnosis or a skip.
+        """After a comparison failed: turn MLX's refusal to evaluate into a diagnosis or a skip.
 
         Returns True when the check is skipped (eager itself cannot be evaluated: nothing to
-        compare with). Raises when only the compiled side fails, or on a placeholder.
+        compare with). Raises when only the compiled side fails, or on a placeholder; returns
+        False when both sides evaluate (the comparison failed for another reason).
         """
         __tracebackhide__ = True
         got = first_unevaluable(out, "out") or next(
@@ -694,17 +712,24 @@ class VariantRun:
         fn = record.fn
         where = f"  where: {fn.name} defined at {fn.where}"
         head = f"{fn.name} [{self.mode}] call {record.calls}"
-        for side, problem in (("compiled call", got), ("eager reference run", want)):
-            if problem is not None and problem.placeholder:
-                raise PlaceholderLeakError(
-                    f"{head}: the {side} left a placeholder array at {problem.path}: "
-                    f"{problem.said}\n{where}\n"
-                    "  why: an array computed inside mx.compile while it traced was kept outside "
-                    "the graph (declared in inputs= but not outputs=, or stored in a global or "
-                    "attribute); it has no value and any use raises\n"
-                    "  fix: return the array and store the returned value, or declare its holder "
-                    "in both inputs= and outputs="
-                )
+        why_fix = (
+            "  why: an array computed inside mx.compile while it traced was kept outside the "
+            "graph (declared in inputs= but not outputs=, or stored in a global or attribute); "
+            "it has no value and any use raises\n"
+            "  fix: return the array and store the returned value, or declare its holder in both "
+            "inputs= and outputs="
+        )
+        if got is not None and got.placeholder:
+            raise PlaceholderLeakError(
+                f"{head}: the compiled call left a placeholder array at {got.path}: "
+                f"{got.said}\n{where}\n{why_fix}"
+            )
+        if want is not None and want.placeholder:
+            raise PlaceholderLeakError(
+                f"{head}: the eager reference run of {fn.name} read a placeholder array (a value "
+                f"a compile trace left behind): {want.said}\n"
+                f"  its result at {want.path} depends on it\n{where}\n{why_fix}"
+            )
         if want is not None:
             message = (
                 f"{head}: parity not checked: pytest-mlxcompile could not evaluate the results "

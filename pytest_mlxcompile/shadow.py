@@ -99,6 +99,7 @@ class Shadow:
         self._spy = InPlaceSpy(array)
 
     def run(self) -> Any:
+        __tracebackhide__ = True  # an error of the eager run points at the user's code
         assert self._spy is not None
         with self._spy:
             return self.fun(*self.eager_args, **self.eager_kwargs)

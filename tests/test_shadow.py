@@ -446,3 +446,37 @@ def test_a_bad_max_check_bytes_is_a_usage_error_naming_it(pytester, run, value):
             ">= 0 (an int, or a number with a unit such as 512MiB, 2GB, 1GiB; 0 for no limit)"
         ]
     )
+
+
+def test_an_eager_run_that_reads_a_placeholder_is_a_placeholder_leak_not_a_raw_mlx_error(
+    pytester, run
+):
+    # The trace stores its intermediate in a global; the eager reference then reads it.
+    pytester.makepyfile(
+        """
+        import mlx.core as mx
+        import pytest
+
+        memo = {}
+
+        @mx.compile
+        def remember(x):
+            if "y" not in memo:
+                memo["y"] = x * 2
+            return memo["y"] + x
+
+        @pytest.mark.compiled
+        def test_remember():
+            remember(mx.ones((2,)))
+        """
+    )
+    result = run()
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "E *PlaceholderLeakError: remember [[]compiled[]] call 1: the eager reference run of "
+            "remember read a placeholder array (a value a compile trace left behind): "
+            "[[]eval[]] Attempting to eval an array without a primitive.",
+            "E *where: remember defined at test_an_eager_run_that_reads_*.py:6",
+        ]
+    )
