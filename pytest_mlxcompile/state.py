@@ -102,7 +102,8 @@ def isolate(
     What ``mx.compile`` does to arguments (the trace gets new containers and tracers), so the
     eager shadow cannot write through to the test's objects either. ``copies`` maps the id of
     each original array to its copy; an array passed twice gets one copy, keeping the alias.
-    Other objects (dict subclasses such as ``nn.Module``, user objects) are shared.
+    Namedtuples keep their type. Other objects (dict subclasses such as ``nn.Module``, user
+    objects) are shared.
     """
     if isinstance(tree, array_type):
         twin = copies.get(id(tree))
@@ -116,6 +117,8 @@ def isolate(
         return tuple(isolate(item, array_type, copy, copies) for item in tree)  # type: ignore[attr-defined]
     if kind is dict:
         return {k: isolate(v, array_type, copy, copies) for k, v in tree.items()}  # type: ignore[attr-defined]
+    if isinstance(tree, tuple) and hasattr(kind, "_make"):  # a namedtuple keeps its type
+        return kind._make(isolate(item, array_type, copy, copies) for item in tree)
     return tree
 
 
