@@ -28,6 +28,7 @@ not return is a difference the compiled call cannot reproduce.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import inspect
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -152,8 +153,10 @@ def reachable_slots(record: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) 
         found = list(holders.reachable(fn.fun, mx.array, skip))
     except Exception:
         found = []  # a holder we cannot walk: the shadow then shares it, as before
+    # Kept without the value found: the slots are read again on every shadow, and a value kept
+    # here would hold an array the test has since replaced.
     slots = [
-        s
+        dataclasses.replace(s, value=None)
         for s in found
         if not isinstance(s.holder, tuple)
         and s.holder is not None
