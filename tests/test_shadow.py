@@ -480,3 +480,30 @@ def test_an_eager_run_that_reads_a_placeholder_is_a_placeholder_leak_not_a_raw_m
             "E *where: remember defined at test_an_eager_run_that_reads_*.py:6",
         ]
     )
+
+
+@pytest.mark.skipif(GPU, reason="the float16 GatherMM refusal is the CPU backend's")
+def test_a_compiled_result_mlx_cannot_evaluate_while_the_eager_one_can_is_a_parity_error():
+    # No real program is known to reach this branch; the refusal is borrowed from GatherMM.
+    from types import SimpleNamespace
+
+    import mlx.core as mx
+
+    from pytest_mlxcompile.errors import ParityError
+    from pytest_mlxcompile.instrument import VariantRun
+    from pytest_mlxcompile.modes import Mode
+    from pytest_mlxcompile.state import capture
+
+    x = mx.ones((1, 1, 4), dtype=mx.float16)
+    refused = mx.gather_mm(x, mx.ones((2, 4, 4), dtype=mx.float16), rhs_indices=mx.array([1]))
+    fn = SimpleNamespace(name="act", where="m.py:3")
+    record = SimpleNamespace(fn=fn, calls=2, extra={}, parity_skipped=0)
+    run = VariantRun(Mode.COMPILED, label="t")
+    with pytest.raises(ParityError) as raised:
+        run._unevaluable(record, mx.ones((1, 1, 4)), capture([refused]), [], [])  # type: ignore[arg-type]
+    assert str(raised.value).splitlines()[:2] == [
+        "act [compiled] call 2: the compiled result at out[0] cannot be evaluated, the eager one "
+        "can: MLX says: [GatherMM::eval] Currently only supports float32.",
+        "  where: act defined at m.py:3",
+    ]
+    assert (record.parity_skipped, record.extra) == (0, {})
