@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -78,6 +77,37 @@ def parse_existing_json(value: str, source: str) -> str:
     return value
 
 
+_SIZE_UNITS = {
+    "": 1,
+    "b": 1,
+    "kb": 10**3,
+    "mb": 10**6,
+    "gb": 10**9,
+    "tb": 10**12,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+    "tib": 2**40,
+}
+
+
+def parse_size(value: str, source: str) -> int:
+    """Bytes: an int, or a number with a unit (``512MiB``, ``2GB``); ``0`` means no limit."""
+    text = value.strip().lower().replace(" ", "")
+    number = text.rstrip("kmgtib")
+    unit = text[len(number) :]
+    try:
+        amount = float(number) if unit in _SIZE_UNITS and number else math.nan
+    except ValueError:
+        amount = math.nan
+    if not math.isfinite(amount) or amount < 0:
+        raise ValueError(
+            f"{source}: {value!r} is not a size: give bytes as an int or a number with a unit "
+            "(512MiB, 2GB); 0 means no limit"
+        )
+    return int(amount * _SIZE_UNITS[unit])
+
+
 @dataclass(frozen=True)
 class CompareRule:
     """One ``--mlx-compare-fail`` gate: fail a test whose ``field`` got worse by > ``percent``."""
@@ -111,37 +141,6 @@ def parse_compare_fail(value: str, source: str) -> tuple[CompareRule, ...]:
             )
         rules.append(CompareRule(mode, field, percent))
     return tuple(rules)
-
-
-_SIZE_UNITS = {
-    "": 1,
-    "b": 1,
-    "kb": 10**3,
-    "mb": 10**6,
-    "gb": 10**9,
-    "tb": 10**12,
-    "kib": 2**10,
-    "mib": 2**20,
-    "gib": 2**30,
-    "tib": 2**40,
-}
-
-
-def parse_size(value: str, source: str) -> int:
-    """A number of bytes: ``1073741824``, ``512MiB``, ``2GB``, ``1.5GiB``; ``0`` means no limit."""
-    text = str(value).strip().replace(" ", "")
-    number = re.sub(r"[A-Za-z]*$", "", text)
-    unit = text[len(number) :].lower()
-    try:
-        amount = float(number) if unit in _SIZE_UNITS and number else math.nan
-    except ValueError:
-        amount = math.nan
-    if not math.isfinite(amount) or amount < 0:
-        raise ValueError(
-            f"{source}: {value!r} is not a size in bytes >= 0 (an int, or a number with a unit "
-            "such as 512MiB, 2GB, 1GiB; 0 for no limit)"
-        )
-    return int(amount * _SIZE_UNITS[unit])
 
 
 def parse_budget(value: str, source: str) -> int | str:
@@ -291,10 +290,9 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "max_check_bytes",
         "--mlx-max-check-bytes",
-        "Largest call the checks may evaluate (the eager shadow of parity, the shapeless probe), "
-        "estimated from the shapes and dtypes of its argument, captured and state arrays and "
-        "outputs; a bigger call is not checked, with a note. An int or a size such as 512MiB, "
-        "2GB; 0 for no limit (default: 1GiB)",
+        "Checks (parity shadow, shapeless probe) skip a call, with a note, whose estimated "
+        "bytes (arguments, captured arrays, declared state, outputs) exceed this: an int or "
+        "a size such as 512MiB or 2GB; 0 means no limit (default: 1GiB)",
         parse_size,
         2**30,
         metavar="SIZE",
@@ -317,7 +315,7 @@ class Settings:
     compare: str | None = None
     compare_fail: tuple[CompareRule, ...] = ()
     sanitize: bool = True
-    #: bytes a check may evaluate per call (0: no limit), see budget_bytes.estimate_bytes
+    #: bytes a check may evaluate per call; 0 means no limit
     max_check_bytes: int = 2**30
 
 
