@@ -38,9 +38,12 @@ def test_fill():
 """
 
 
-def test_an_argument_updated_in_place_fails_naming_the_argument_and_the_fix(pytester, run):
+@pytest.mark.parametrize("sanitize", ["off", "on"])
+def test_an_argument_updated_in_place_fails_naming_the_argument_and_the_fix(
+    pytester, run, sanitize
+):
     pytester.makepyfile(KV_CACHE_ARGUMENT)
-    result = run()
+    result = run(f"--mlx-sanitize={sanitize}")
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(
         [
