@@ -12,16 +12,30 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import sys
 import threading
+import types
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from pytest_mlxcompile import _mlx, locations
+from pytest_mlxcompile import _mlx, locations, shadow
+from pytest_mlxcompile.budget_bytes import estimate_bytes, format_bytes
 from pytest_mlxcompile.compile_switch import CompileSwitch
-from pytest_mlxcompile.errors import CompileDisabledError, ParityError
+from pytest_mlxcompile.errors import (
+    CompileDisabledError,
+    MLXCompileError,
+    ParityError,
+    PlaceholderLeakError,
+)
 from pytest_mlxcompile.modes import Mode
-from pytest_mlxcompile.parity import Mismatch, Tolerance, compare_call
+from pytest_mlxcompile.parity import (
+    Mismatch,
+    Tolerance,
+    compare_call,
+    first_unevaluable,
+)
 from pytest_mlxcompile.state import capture, restore, structure
 
 __all__ = [
@@ -57,6 +71,7 @@ class _CallDepth(threading.local):
 
 
 _tls = _CallDepth()
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
 class Patches:
@@ -145,6 +160,10 @@ def _marking_transform(transform: Callable[..., Any]) -> Callable[..., Any]:
                 _tls.depth -= 1
                 _tls.transform = outer
 
+        # MLX's transformed function forwards attribute reads to ``inside``: describe() names
+        # mx.compile(mx.grad(loss)) "grad(loss)" at loss's line, not after this wrapper
+        inside.__mlx_transform__ = name  # type: ignore[attr-defined]
+        inside.__wrapped__ = fun  # type: ignore[attr-defined]
         return transform(inside, *args, **kwargs)
 
     return patched
@@ -164,6 +183,8 @@ def instrumented_compile(
         return _patches.compile(fun, inputs, outputs, shapeless)  # type: ignore[no-any-return]
     compiled = InstrumentedFunction(fun, inputs, outputs, shapeless, _patches.compile)
     compiled.compiled_at = (caller.f_code.co_filename, caller.f_lineno)
+    if compiled.where in (BUILT_IN, "<unknown>"):
+        compiled.where = f"{locations.relative(caller.f_code.co_filename)}:{caller.f_lineno}"
     return compiled
 
 
@@ -188,10 +209,20 @@ def running_eagerly() -> bool:
     return _tls.eager or (_active is not None and _active.mode is Mode.EAGER)
 
 
+#: ``describe``'s "where" for a function with no Python source (``mx.exp``): the place of the
+#: ``mx.compile`` call is used instead when it is known
+BUILT_IN = "<built-in>"
+
+
 def describe(fun: object) -> tuple[str, str]:
     """A user's name for a callable and where its code is (``file:line``)."""
     target = fun
     for _ in range(8):
+        transform = getattr(target, "__mlx_transform__", None)
+        if isinstance(transform, str) and getattr(target, "__wrapped__", None) is not None:
+            # mx.grad(loss) through our marking wrapper: name it after the user's function
+            inner_name, inner_where = describe(target.__wrapped__)  # type: ignore[attr-defined]
+            return f"{transform}({inner_name})", inner_where
         if isinstance(target, functools.partial):
             target = target.func
         elif isinstance(target, InstrumentedFunction):
@@ -203,6 +234,12 @@ def describe(fun: object) -> tuple[str, str]:
     code = getattr(target, "__code__", None)
     if code is not None:
         name = getattr(target, "__qualname__", None) or getattr(target, "__name__", "<function>")
+    elif isinstance(target, types.BuiltinFunctionType) or type(target).__name__ == "nb_func":
+        # mx.compile(mx.exp): a function of a compiled extension, which has no source line
+        module = str(getattr(target, "__module__", "") or "")
+        module = "mx" if module == "mlx.core" else module
+        plain = str(getattr(target, "__name__", type(target).__name__))
+        return (f"{module}.{plain}" if module else plain), BUILT_IN
     else:
         name = type(target).__name__
         code = getattr(vars(type(target)).get("__call__"), "__code__", None)
@@ -395,8 +432,11 @@ class VariantRun:
         parity: str = "all",
         tolerance: Tolerance | None = None,
         observers: Sequence[Observer] = (),
+        max_check_bytes: int = 0,
     ) -> None:
         self.mode = mode
+        #: largest call a check may evaluate (0: no limit), see budget_bytes.estimate_bytes
+        self.max_check_bytes = max_check_bytes
         self.label = label
         self.parity = parity
         self.tolerance = tolerance or Tolerance()
@@ -432,8 +472,22 @@ class VariantRun:
             for observer in self.observers:
                 observer.finish(self)
         finally:
-            for record in self.records.values():
-                record.compiled = None
+            self._release()
+
+    def _release(self) -> None:
+        """Drop every reference that reaches the test's arrays; keep the counts for reports.
+
+        Observers keep the last call's arguments (the shapeless probe replays them) and records,
+        bodies and observers refer to each other: without this the arguments live on until the
+        cyclic GC runs, and N big tests hold N times the memory. After ``finish`` nothing needs
+        them: the observers go, and so do the bodies (whose closures hold them).
+        """
+        self.observers = ()
+        self._record_of.clear()
+        for record in self.records.values():
+            record.compiled = None
+            record.body = _finished_body
+            shadow.forget_slots(record)
 
     def _record_for(self, fn: InstrumentedFunction) -> FunctionRecord:
         key = (id(fn.fun), id(fn.inputs), id(fn.outputs), fn.shapeless)
@@ -526,15 +580,21 @@ class VariantRun:
         before: list[tuple[str, object]],
         traced: bool,
     ) -> None:
-        """Run the plain function on the same inputs and state, and compare with ``out``.
+        """Run the plain function on copies of the same inputs and state; compare with ``out``.
 
         The compiled call runs first: it is the call the test sees, its exception is the one
         raised, and ``parity=first`` knows whether it traced without predicting MLX's cache.
-        Declared state is put back to what it was before the call for the eager run, then to
-        the compiled result, so the test continues from the compiled state.
+        The eager run gets copies of the arguments, of declared state as it was before the call
+        and of the arrays it reaches (:mod:`pytest_mlxcompile.shadow`); afterwards everything is
+        put back to what the compiled call left, so nothing the shadow does reaches the test.
         """
         __tracebackhide__ = True
-        after = [(name, capture(tree)) for name, tree in record.fn.state_roots()]
+        fn = record.fn
+        if traced:
+            shadow.forget_slots(record)
+        if isinstance(out, types.GeneratorType):
+            raise ParityError(_generator_message(record, self.mode))
+        after = [(name, capture(tree)) for name, tree in fn.state_roots()]
         if any(structure(a) != structure(b) for (_, a), (_, b) in zip(before, after, strict=True)):
             # The call created state (an optimizer's first update adds its moments and flips
             # Python flags we cannot see), so the eager run cannot start from the same point.
@@ -543,35 +603,188 @@ class VariantRun:
             record._check_next = True
             return
         record._check_next = False
-        record.parity_checks += 1
-        for _, snap in before:
-            restore(snap)
+        slots = shadow.reachable_slots(record, args, kwargs)
+        if self._over_budget(record, args, kwargs, out, slots):
+            return
+        run = shadow.Shadow(fn.fun, args, kwargs)
+        declared = shadow.declared_snapshots(before)
         tls = _tls
         tls.depth += 1
         tls.eager = True
         try:
-            expected = record.fn.fun(*args, **kwargs)
+            run.prepare(slots, declared)
+            expected = run.run()
         except Exception as exc:
-            for _, snap in after:
-                restore(snap)
-            raise ParityError(
-                f"{record.fn.name} [{self.mode}] call {record.calls}: the compiled call returned "
-                f"but the eager reference raised {type(exc).__name__}: {exc}\n"
-                f"  {record.fn.name} is defined at {record.fn.where}"
-            ) from exc
+            error = self._eager_raised(record, exc)
+            # a placeholder's message quotes MLX's; any other error's traceback is the user's
+            raise error from (None if isinstance(error, PlaceholderLeakError) else exc)
         finally:
             tls.depth -= 1
             tls.eager = False
-        eager_after = [(name, capture(tree)) for name, tree in record.fn.state_roots()]
-        for _, snap in after:
-            restore(snap)
+            eager_after = [(name, capture(tree)) for name, tree in fn.state_roots()]
+            run.restore_world()
+            for _, snap in after:
+                restore(snap)
+        changes = run.argument_changes(expected)
+        if changes:
+            record.parity_checks += 1
+            raise ParityError(self._argument_message(record, changes))
+        expected_snap, out_snap = capture(expected), capture(out)
         state = (
             (name, want, got) for (name, want), (_, got) in zip(eager_after, after, strict=True)
         )
         tolerance = self.tolerance.bind(record.fn.name, record.fn.where)
-        mismatch = compare_call(capture(expected), capture(out), state, tolerance)
+        failure: Exception | None = None
+        try:
+            mismatch = compare_call(expected_snap, out_snap, state, tolerance)
+        except Exception as exc:
+            failure, mismatch = exc, None
+        if failure is not None:
+            # Comparing evaluates: MLX refused an array on one side (a placeholder, an op this
+            # backend cannot run). Find which, and say so instead of MLX's bare error (outside
+            # the except block, so that the error is not chained to MLX's).
+            if self._unevaluable(record, expected_snap, out_snap, eager_after, after):
+                return
+            raise failure
+        record.parity_checks += 1
         if mismatch is not None:
             raise ParityError(self._parity_message(record, mismatch, traced))
+
+    def _over_budget(
+        self,
+        record: FunctionRecord,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        out: object,
+        slots: list[Any],
+    ) -> bool:
+        """Whether the call is bigger than --mlx-max-check-bytes; a note (once) if so."""
+        if not self.max_check_bytes:
+            return False
+        fn = record.fn
+        reached = [slot.current() for slot in slots]
+        size = estimate_bytes(args, kwargs, fn.inputs, fn.outputs, reached, out)
+        if size <= self.max_check_bytes:
+            return False
+        record.parity_skipped += 1
+        message = (
+            f"{fn.name} [{self.mode}] call {record.calls}: parity not checked: the eager shadow "
+            f"would evaluate about {format_bytes(size)} (arguments, captured and state arrays, "
+            f"outputs), over --mlx-max-check-bytes={format_bytes(self.max_check_bytes)}. "
+            f"{fn.name} is defined at {fn.where}. To check it, raise --mlx-max-check-bytes "
+            "(0: no limit)"
+        )
+        _note(record, self.mode, "check_over_budget", message)
+        return True
+
+    def _eager_raised(self, record: FunctionRecord, exc: Exception) -> MLXCompileError:
+        fn = record.fn
+        if "without a primitive" in str(exc):
+            return PlaceholderLeakError(
+                f"{fn.name} [{self.mode}] call {record.calls}: the eager reference run of "
+                f"{fn.name} read a placeholder array (a value a compile trace left behind): "
+                f"{str(exc).splitlines()[0]}\n"
+                f"  where: {fn.name} defined at {fn.where}\n"
+                "  why: an earlier trace stored an array computed inside mx.compile somewhere "
+                "the function reads (a global, an attribute, undeclared state); it has no value\n"
+                "  fix: return the array from the compiled function and store the returned value, "
+                "or declare its holder: mx.compile(fn, inputs=state, outputs=state)"
+            )
+        return ParityError(
+            f"{fn.name} [{self.mode}] call {record.calls}: the compiled call returned "
+            f"but the eager reference raised {type(exc).__name__}: {exc}\n"
+            f"  {fn.name} is defined at {fn.where}"
+        )
+
+    def _unevaluable(
+        self,
+        record: FunctionRecord,
+        expected: object,
+        out: object,
+        eager_state: list[tuple[str, object]],
+        compiled_state: list[tuple[str, object]],
+    ) -> bool:
+        """After a comparison failed: turn MLX's refusal to evaluate into a diagnosis or a skip.
+
+        Returns True when the check is skipped (eager itself cannot be evaluated: nothing to
+        compare with). Raises when only the compiled side fails, or on a placeholder; returns
+        False when both sides evaluate (the comparison failed for another reason).
+        """
+        __tracebackhide__ = True
+        got = first_unevaluable(out, "out") or next(
+            (u for label, snap in compiled_state if (u := first_unevaluable(snap, label))), None
+        )
+        want = first_unevaluable(expected, "out") or next(
+            (u for label, snap in eager_state if (u := first_unevaluable(snap, label))), None
+        )
+        fn = record.fn
+        where = f"  where: {fn.name} defined at {fn.where}"
+        head = f"{fn.name} [{self.mode}] call {record.calls}"
+        why_fix = (
+            "  why: an array computed inside mx.compile while it traced was kept outside the "
+            "graph (declared in inputs= but not outputs=, or stored in a global or attribute); "
+            "it has no value and any use raises\n"
+            "  fix: return the array and store the returned value, or declare its holder in both "
+            "inputs= and outputs="
+        )
+        if got is not None and got.placeholder:
+            raise PlaceholderLeakError(
+                f"{head}: the compiled call left a placeholder array at {got.path}: "
+                f"{got.said}\n{where}\n{why_fix}"
+            )
+        if want is not None and want.placeholder:
+            raise PlaceholderLeakError(
+                f"{head}: the eager reference run of {fn.name} read a placeholder array (a value "
+                f"a compile trace left behind): {want.said}\n"
+                f"  its result at {want.path} depends on it\n{where}\n{why_fix}"
+            )
+        if want is not None:
+            message = (
+                f"{head}: parity not checked: pytest-mlxcompile could not evaluate the results "
+                f"to compare them (the test itself may never evaluate them): MLX says at "
+                f"{want.path}: {want.said} ({fn.name} is defined at {fn.where})"
+            )
+            record.parity_skipped += 1
+            _note(record, self.mode, "check_not_evaluable", message)
+            _warn(message)
+            return True
+        if got is not None:
+            raise ParityError(
+                f"{head}: the compiled result at {got.path} cannot be evaluated, the eager one "
+                f"can: MLX says: {got.said}\n{where}\n"
+                "  why: the compiled graph uses an operation or dtype MLX cannot run here, or it "
+                "fused operations into one that fails\n"
+                "  fix: report it to MLX with this function; meanwhile keep the function eager "
+                "or change the dtype"
+            )
+        return False
+
+    def _argument_message(
+        self, record: FunctionRecord, changes: list[shadow.ArgumentChange]
+    ) -> str:
+        fn = record.fn
+        first = changes[0]
+        label = shadow.argument_label(fn.fun, first.index) + (
+            f" at {first.subpath}" if first.subpath else ""
+        )
+        lines = [
+            f"{fn.name} [{self.mode}] call {record.calls}: eager {first.verb} {label} in place, "
+            "the compiled call did not (mx.compile does not write through to arguments: return "
+            "the new value)",
+        ]
+        for change in changes:
+            place = shadow.argument_label(fn.fun, change.index) + change.subpath
+            lines.append(f"  {place}: {change.verb} in place{change.detail}")
+        lines += [
+            f"  where: {fn.name} defined at {fn.where}",
+            "  why: mx.compile traces the function on copies of its arguments (new containers, "
+            "tracers), so an assignment like cache[:, pos] = k or x += 1, or an append to an "
+            "argument list, changes the caller's object only when the function runs eagerly",
+            f"  fix: return the updated value from {fn.name} and use the returned one "
+            "(cache = step(cache, ...)), or declare it as state: mx.compile(fn, "
+            "inputs=state, outputs=state)",
+        ]
+        return "\n".join(lines)
 
     def _parity_message(self, record: FunctionRecord, mismatch: Mismatch, traced: bool) -> str:
         fn = record.fn
@@ -600,6 +813,52 @@ class VariantRun:
                 "outputs=...); for random numbers capture mx.random.state in both",
             ]
         return "\n".join(lines)
+
+
+def _finished_body(*args: Any, **kwargs: Any) -> Any:
+    raise RuntimeError("pytest-mlxcompile: a compiled function was called after its test ended")
+
+
+def _note(record: FunctionRecord, mode: Mode, kind: str, message: str) -> None:
+    """A check skipped or softened, recorded for the reports (once per kind and function)."""
+    notes = record.extra.setdefault("notes", [])
+    if any(note.get("kind") == kind for note in notes):
+        return
+    fn = record.fn
+    notes.append(
+        {
+            "kind": kind,
+            "function": fn.name,
+            "where": fn.where,
+            "mode": str(mode),
+            "message": message,
+        }
+    )
+
+
+def _warn(message: str) -> None:
+    """A PytestWarning attributed to the user's call, the first frame outside this package."""
+    import pytest
+
+    level: int = 2
+    frame: types.FrameType | None = sys._getframe(1)
+    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+        level, frame = level + 1, frame.f_back
+    warnings.warn(pytest.PytestWarning(f"pytest-mlxcompile: {message}"), stacklevel=level)
+
+
+def _generator_message(record: FunctionRecord, mode: Mode) -> str:
+    fn = record.fn
+    return (
+        f"{fn.name} [{mode}] call {record.calls}: {fn.name} is a generator function, and "
+        "mx.compile cannot compile a generator\n"
+        f"  where: {fn.name} defined at {fn.where}\n"
+        "  why: the trace only creates the generator object; its body runs later, outside the "
+        "trace, on tracer arguments that have no value ('[eval] Attempting to eval an array "
+        "without a primitive')\n"
+        f"  fix: return the arrays (a list or tuple) from {fn.name} instead of yielding them, "
+        "or compile the function the generator calls for each item"
+    )
 
 
 def _skip_not_shapeless(record: FunctionRecord, exc: BaseException) -> None:

@@ -15,7 +15,15 @@ from typing import Any
 from pytest_mlxcompile import _mlx
 from pytest_mlxcompile.state import capture, leaves, structure
 
-__all__ = ["DEFAULT_TOLERANCES", "Mismatch", "Tolerance", "compare", "compare_call"]
+__all__ = [
+    "DEFAULT_TOLERANCES",
+    "Mismatch",
+    "Tolerance",
+    "Unevaluable",
+    "compare",
+    "compare_call",
+    "first_unevaluable",
+]
 
 #: dtype name -> (rtol, atol); dtypes not listed (ints, bool) compare exactly.
 DEFAULT_TOLERANCES: dict[str, tuple[float, float]] = {
@@ -74,6 +82,46 @@ class Mismatch:
     details: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True)
+class Unevaluable:
+    """An array MLX refused to evaluate: where (``out[0]``) and what MLX said."""
+
+    path: str
+    error: Exception
+
+    @property
+    def placeholder(self) -> bool:
+        return "without a primitive" in str(self.error)
+
+    @property
+    def said(self) -> str:
+        text = str(self.error).strip()
+        return text.splitlines()[0] if text else type(self.error).__name__
+
+
+def first_unevaluable(snap: object, path: str) -> Unevaluable | None:
+    """Evaluate the arrays of a captured tree; the first one MLX refuses, or None.
+
+    One ``mx.eval`` for the whole tree; only when it fails, one per array to name the culprit.
+    Comparing evaluates anyway: doing it here first turns MLX's error into a diagnosis.
+    """
+    mx = _mlx.core()
+    arrays = [(p, leaf) for p, leaf in leaves(snap, path) if isinstance(leaf, mx.array)]
+    if not arrays:
+        return None
+    try:
+        mx.eval([a for _, a in arrays])
+        return None
+    except Exception as exc:
+        whole = exc
+    for leaf_path, array in arrays:
+        try:
+            mx.eval(array)
+        except Exception as exc:
+            return Unevaluable(leaf_path, exc)
+    return Unevaluable(path, whole)
+
+
 def dtype_name(dtype: object) -> str:
     return str(dtype).rsplit(".", 1)[-1]
 
@@ -84,6 +132,27 @@ def _fmt_index(index: tuple[Any, ...]) -> str:
 
 def _fmt_value(value: Any) -> str:
     return f"{complex(value):.6g}" if isinstance(value, complex) else f"{float(value):.6g}"
+
+
+#: Elements compared per evaluation: ``array_equal`` materialises a bool array of the whole
+#: size, which for a 1 GiB float32 output is 256 MiB more than the test itself uses.
+_CHUNK = 2**22
+
+
+def _equal(mx: Any, expected: Any, actual: Any) -> bool:
+    """``mx.array_equal(expected, actual, equal_nan=True)``, in slices along the longest axis."""
+    size = int(expected.size)
+    if size <= _CHUNK or expected.ndim == 0:
+        return bool(mx.array_equal(expected, actual, equal_nan=True).item())
+    shape = tuple(expected.shape)
+    axis = max(range(len(shape)), key=lambda i: shape[i])
+    step = max(_CHUNK * shape[axis] // size, 1)
+    lead = (slice(None),) * axis
+    for start in range(0, shape[axis], step):
+        part = (*lead, slice(start, start + step))
+        if not mx.array_equal(expected[part], actual[part], equal_nan=True).item():
+            return False
+    return True
 
 
 def _compare_arrays(path: str, expected: Any, actual: Any, tol: Tolerance) -> Mismatch | None:
@@ -100,7 +169,7 @@ def _compare_arrays(path: str, expected: Any, actual: Any, tol: Tolerance) -> Mi
         return Mismatch(
             path, f"shape differs: eager {tuple(expected.shape)}, compiled {tuple(actual.shape)}"
         )
-    if mx.array_equal(expected, actual, equal_nan=True).item():
+    if _equal(mx, expected, actual):
         return None
     name = dtype_name(expected.dtype)
     rtol, atol, origin = tol.for_dtype(name)
@@ -112,13 +181,14 @@ def _compare_arrays(path: str, expected: Any, actual: Any, tol: Tolerance) -> Mi
         return np.asarray(a).astype(np.complex128 if "complex" in name else np.float64)
 
     want, got = host(expected), host(actual)
-    diff = np.abs(got - want)
-    both_nan = np.isnan(want) & np.isnan(got)
-    bad = ~((diff <= atol + rtol * np.abs(want)) | both_nan)
+    # torch.testing.assert_close's rule, |got - want| <= atol + rtol * |want|, NaN equal to NaN
+    bad = ~np.isclose(got, want, rtol=rtol, atol=atol, equal_nan=True)
     count = int(bad.sum())
     if count == 0:
         return None
-    diff = np.where(both_nan, 0.0, np.nan_to_num(diff, nan=np.inf))
+    with np.errstate(invalid="ignore"):
+        diff = np.abs(got - want)
+    diff = np.where(bad, np.nan_to_num(diff, nan=np.inf), 0.0)
     with np.errstate(divide="ignore", invalid="ignore"):
         rel = np.where(diff == 0, 0.0, diff / np.abs(want))
     abs_at = np.unravel_index(int(np.argmax(diff)), diff.shape) if diff.ndim else ()

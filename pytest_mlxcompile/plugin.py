@@ -304,6 +304,7 @@ def pytest_runtest_setup(item: pytest.Item) -> Generator[None]:
         parity=plan.parity,
         tolerance=dataclasses.replace(plan.tolerance, hook=_tolerance_hook(item)),
         observers=_observers(item, plan),
+        max_check_bytes=item.config.stash[settings_key].max_check_bytes,
     )
     item.stash[run_key] = run
     try:
