@@ -12,7 +12,7 @@ import pytest_mlxcompile  # noqa: E402  (after the path set-up above)
 
 project = "pytest-mlxcompile"
 author = "The pytest-mlxcompile developers"
-copyright = "2026, The pytest-mlxcompile developers"  # noqa: A001  (Sphinx's name)
+copyright = "2026, The pytest-mlxcompile developers"
 release = version = pytest_mlxcompile.__version__
 
 extensions = ["myst_parser", "sphinx.ext.autodoc", "mlx_docs"]
