@@ -1,6 +1,6 @@
 """Reference tables generated from the code, so what other modules add appears by itself.
 
-``.. mlx-options::`` renders every option of ``pytest_mlxcompile.settings.OPTIONS`` (flag, ini
+``.. mlx-options::`` describes every option of ``pytest_mlxcompile.settings.OPTIONS`` (flag, ini
 twin, default, help); ``.. mlx-marker::`` the ``compiled`` marker's registered help;
 ``.. mlx-fixtures::`` the plugin's fixtures with their docstrings; ``.. mlx-hookspecs::`` the
 hookspecs module when this version has one. Use them inside ``{eval-rst}`` blocks.
@@ -85,20 +85,16 @@ class OptionsDirective(GeneratedDirective):
         from pytest_mlxcompile.settings import OPTIONS
 
         types = ini_types()
-        yield ".. list-table::"
-        yield "   :header-rows: 1"
-        yield "   :widths: 22 18 12 48"
-        yield ""
-        yield "   * - command line"
-        yield "     - ini (type)"
-        yield "     - default"
-        yield "     - what it does"
         for option in OPTIONS:
             flag = option.flag if option.is_flag else f"{option.flag}={option.metavar or 'VALUE'}"
-            yield f"   * - {literal(flag)}"
-            yield f"     - {literal(option.ini)} ({types.get(option.ini, 'string')})"
-            yield f"     - {literal(default_text(option.default, option.is_flag))}"
-            yield f"     - {one_line(option.help).replace('*', chr(92) + '*')}"
+            yield f".. describe:: {flag}"
+            yield ""
+            yield f"   {one_line(option.help).replace('*', chr(92) + '*')}"
+            yield ""
+            kind = types.get(option.ini, "string")
+            default = literal(default_text(option.default, option.is_flag))
+            yield f"   *ini* {literal(option.ini)} ({kind}) \u00b7 *default* {default}"
+            yield ""
 
 
 class MarkerDirective(GeneratedDirective):
