@@ -150,7 +150,7 @@ def _outcome(previous: str | None, report: pytest.TestReport) -> str | None:
     return previous or "passed"
 
 
-@dataclass
+@dataclass(eq=False)  # registered as a plugin: pytest 8 keeps plugins in a set
 class Collector:
     """The controller's view: one record per test variant, from its reports."""
 

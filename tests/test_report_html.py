@@ -209,7 +209,7 @@ def test_the_examples_report_loads_in_chromium_without_errors_and_draws_every_ba
         "--mlx-report-html=report.html",
         "--mlx-report-json=report.json",
     )
-    assert result.ret == pytest.ExitCode.TESTS_FAILED  # the pitfalls fail, as documented
+    assert result.ret == pytest.ExitCode.OK  # the pitfalls are expected failures (xfail)
     page_path = pytester.path / "report.html"
     doc = json.loads((pytester.path / "report.json").read_text())
     timed = sum(len(test["timings"]) for test in doc["tests"])
