@@ -114,9 +114,8 @@ def _observers(item: pytest.Item, plan: variants.VariantPlan) -> list[instrument
 
 
 def _recompile_observer(item: pytest.Item, plan: variants.VariantPlan) -> instrument.Observer:
-    rule = recompiles.budget_rule(
-        plan.marker, plan.mode, item.config.stash[settings_key].max_recompiles
-    )
+    chosen = item.config.stash[settings_key]
+    rule = recompiles.budget_rule(plan.marker, plan.mode, chosen.max_recompiles, chosen.max_shapes)
     return recompiles.RecompileObserver(
         plan.mode,
         rule,
@@ -253,7 +252,8 @@ def pytest_runtest_teardown(item: pytest.Item) -> Generator[None]:
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     config = terminalreporter.config
     collector = config.stash[collector_key]
-    lines = recompiles.summary_lines(recompiles.summary_entries(collector.records.items()))
+    entries = recompiles.summary_entries(collector.records.items())
+    lines = recompiles.summary_lines(entries, terminalreporter.verbosity)
     if lines:
         terminalreporter.write_sep("=", "recompiles")
         for line in lines:

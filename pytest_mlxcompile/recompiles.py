@@ -17,15 +17,18 @@ for functions traced with an int, bool, list or tuple as a top-level argument.
 from __future__ import annotations
 
 import functools
+import os
+import sys
 import threading
 import warnings
 from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from pytest_mlxcompile import _mlx, instrument, locations
-from pytest_mlxcompile.errors import RecompileError
+from pytest_mlxcompile.errors import MLXCompileError, RecompileError
 from pytest_mlxcompile.instrument import FunctionRecord, InstrumentedFunction, Observer, VariantRun
 from pytest_mlxcompile.modes import Mode
 from pytest_mlxcompile.signature import (
@@ -54,6 +57,9 @@ __all__ = [
     "summary_lines",
 ]
 
+#: Distinct signatures a function may trace per test variant under auto (torch's recompile
+#: limit is 8 per frame too).
+DEFAULT_MAX_SHAPES = 8
 #: How many rows of trace history an error or the summary shows.
 TABLE_ROWS = 12
 SUMMARY_FUNCTIONS = 10
@@ -138,6 +144,14 @@ class TraceEvent:
     call: int | None
     reasons: tuple[Reason, ...]
     signature: Signature
+    #: the transformation the call ran under ("grad"), "" outside any
+    transform: str = ""
+    #: traced under a transformation with a signature already traced under one: MLX traces
+    #: such calls every time
+    repeats_transform: bool = False
+
+    def only(self, kind: str) -> bool:
+        return bool(self.reasons) and all(reason.kind == kind for reason in self.reasons)
 
     @property
     def reason_texts(self) -> list[str]:
@@ -173,6 +187,13 @@ class FunctionTraces:
         self.records: list[FunctionRecord] = []
         self._signatures: dict[int, list[Signature]] = {}  # id(record) -> its traced signatures
         self.ambiguous = False
+        #: MLX cache keys traced (one graph each), and those traced under a transformation
+        self.keys: set[tuple[object, ...]] = set()
+        self.transform_keys: set[tuple[object, ...]] = set()
+        #: shapes of the array outputs of each trace, by trace number
+        self.out_shapes: dict[int, tuple[tuple[int, ...], ...]] = {}
+        #: where the test called into the library that compiles this function (library code)
+        self.called_from: str | None = None
 
     @property
     def retraces(self) -> int:
@@ -188,9 +209,12 @@ class FunctionTraces:
     ) -> TraceEvent:
         """Record a trace; ``new_object_at`` is where a new object of this code was compiled,
         ``transform`` the transformation the call ran under."""
+        key = signature.cache_key()
         if not self.events:
             reasons: tuple[Reason, ...] = ()
-        elif new_object_at is not None:
+        elif new_object_at is not None and key in self.keys:
+            # Only a waste when an earlier object's cache would have served this call: a new
+            # object per dtype (or per configuration) traces exactly as often as a hoisted one.
             text = (
                 f"new function object compiled from the same code at {new_object_at} "
                 "(mx.compile called inside a loop or a function?)"
@@ -204,11 +228,24 @@ class FunctionTraces:
                 found = [Reason("transform", text)]
             unknown = Reason("unknown", "no change in the arguments MLX keys its cache on")
             reasons = tuple(found) or (unknown,)
-        event = TraceEvent(len(self.events) + 1, call, reasons, signature)
+        repeat = bool(transform) and key in self.transform_keys
+        event = TraceEvent(len(self.events) + 1, call, reasons, signature, transform, repeat)
         self.events.append(event)
+        self.keys.add(key)
+        if transform:
+            self.transform_keys.add(key)
         self._signatures.setdefault(id(owner), []).append(signature)
         self.ambiguous = self.ambiguous or signature.ambiguous
         return event
+
+    @property
+    def distinct(self) -> int:
+        """How many graphs MLX keeps for this function: one per distinct signature."""
+        return len(self.keys)
+
+    def new_value_traces(self) -> int:
+        """Traces for a Python constant value never seen before (the first trace included)."""
+        return sum(1 for event in self.events if not event.reasons or event.only("constant"))
 
     def signatures_of(self, owner: object) -> list[Signature]:
         return self._signatures.get(id(owner), [])
@@ -256,7 +293,11 @@ def function_key(fn: InstrumentedFunction) -> Hashable:
             cells.append(_identity(cell.cell_contents))
         except ValueError:  # an empty cell
             cells.append("empty")
-    return (code, id(owner), tuple(bound), tuple(cells))
+    # Compiled inside a method: one function per object (a model compiling its helper in
+    # __init__). The weak reference is the same object for one referent while it lives, and
+    # the record keeps it, so its id is never reused for another object within the test.
+    compiled_by = None if fn.compiled_by is None else id(fn.compiled_by)
+    return (code, id(owner), tuple(bound), tuple(cells), compiled_by)
 
 
 def _identity(value: object) -> Hashable:
@@ -279,6 +320,9 @@ class Rule:
     counts: dict[Hashable, int] = field(default_factory=dict)
     #: for scoped budgets: only this function (as the user named it), or every function
     target: object = None
+    #: under auto: distinct signatures allowed per function (0 = no limit), and its source
+    max_shapes: int = DEFAULT_MAX_SHAPES
+    max_shapes_source: str = f"--mlx-max-shapes={DEFAULT_MAX_SHAPES}"
 
     def applies(self, key: Hashable) -> bool:
         return self.target is None or _key_matches(key, self.target)
@@ -289,22 +333,245 @@ class Rule:
         return f"{self.limit} retrace(s) after the first trace ({self.source})"
 
 
-def _auto_violation(event: TraceEvent, shapeless: bool) -> str | None:
-    """Why the auto budget rejects this retrace, or None when it is expected."""
+@dataclass(frozen=True)
+class Verdict:
+    """Why a budget rejects a retrace: the budget line, and the why/fix when they differ from
+    the reason's usual ones (:data:`WHY_AND_FIX`)."""
+
+    budget: str
+    why: str = ""
+    fix: str = ""
+    details: tuple[str, ...] = ()
+
+
+def _auto_violation(
+    rule: Rule, traces: FunctionTraces, event: TraceEvent, shapeless: bool, calls: int
+) -> Verdict | None:
+    """Why the auto policy rejects this retrace, or None when it is expected.
+
+    Allowed: a few shapes, dtypes and structures, and a few Python constant values each reused
+    (settings such as top_k's k). Storms fail: a new object per call whose predecessor's cache
+    would have served it, a trace on every call under a transformation, more than
+    ``rule.max_shapes`` distinct signatures, and a constant new on nearly every call.
+    """
+    head = f"{rule.describe()}: "
+    name = traces.name
+    if event.kind == "function":
+        return Verdict(
+            head + "the same code compiled again through a new function object, whose cache "
+            "would have served this call, fails",
+            "every mx.compile(...) call makes a new compiled function with an empty cache, so "
+            "each new object traces again a signature an earlier one had already traced",
+        )
+    if event.repeats_transform:
+        transform = event.transform
+        return Verdict(
+            head + f"tracing on every call under mx.{transform} fails",
+            f"MLX runs a compiled function's Python body again on every call made under "
+            f"mx.{transform} (the cache is not used inside transformations), so {name} is "
+            "compiled from scratch on every step",
+            f"compile the transformed function instead, e.g. "
+            f"mx.compile(mx.value_and_grad({name})) or mx.compile(mx.{transform}({name})): "
+            "it traces once and is reused",
+        )
     kinds = {reason.kind for reason in event.reasons}
-    if "function" in kinds:
-        return "the same code compiled again through a new function object within one test"
-    if kinds == {"constant"}:
-        return "a retrace caused only by Python constants (int/float/str values)"
     # A rank change retraces shapeless graphs too (MLX keys on ndim), so only same-rank shape
     # changes are unexpected there.
     if shapeless and kinds == {"shape"}:
-        return "a retrace caused only by shapes in [shapeless]"
+        return Verdict(head + "a retrace caused only by shapes in [shapeless] fails")
+    if rule.max_shapes and traces.distinct > rule.max_shapes:
+        return _shape_storm(rule, traces, head)
+    if kinds == {"constant"}:
+        new = traces.new_value_traces()
+        if calls >= STORM_CALLS and new * 4 > calls * 3:
+            return _constant_storm(traces, event, head, new, calls)
     return None
 
 
-def budget_rule(marker: CompiledMarker, mode: Mode, setting: int | str) -> Rule:
-    """The budget for a variant: marker (per mode) > --mlx-max-recompiles > auto."""
+#: The constant policy: a storm is a constant new on more than 3/4 of at least this many calls.
+STORM_CALLS = 5
+
+
+def _constant_storm(
+    traces: FunctionTraces, event: TraceEvent, head: str, new: int, calls: int
+) -> Verdict:
+    budget = (
+        head + f"a Python constant new on {new} of {calls} calls (a counter, a per-call value) "
+        "fails; a few values each reused pass"
+    )
+    why = (
+        "MLX bakes Python int/float/str arguments into the graph as constants, so every new "
+        "value compiles a new graph, and MLX keeps each one (no eviction, mlx#4464)"
+    )
+    paths = [reason.text.split(" (", 1)[0] for reason in event.reasons]
+    feeds = _feeds_shape(traces, event)
+    if feeds is not None:
+        return Verdict(
+            budget,
+            why + f"; {', '.join(paths)} sets a shape ({feeds}), so it must stay a Python "
+            "value: an mx.array cannot",
+            "call with a few values, each reused (round up to buckets such as "
+            f"{_buckets(_constant_values(traces, paths))}), or accept the retraces with "
+            "@pytest.mark.compiled(max_recompiles=N)",
+        )
+    values = [reason for reason in event.reasons if "(str)" in reason.text]
+    if values:
+        fix = (
+            "keep strings out of the compiled function's arguments: work out what the graph "
+            "needs from the string before the call and pass that as an mx.array"
+        )
+    else:
+        fix = (
+            "pass the value as an mx.array (e.g. mx.array(offset)): arrays are graph inputs, so "
+            "one graph serves every value; if it must stay Python (a slice bound, an axis), "
+            "call with a few values each reused"
+        )
+    return Verdict(budget, why, fix)
+
+
+def _feeds_shape(traces: FunctionTraces, event: TraceEvent) -> str | None:
+    """``output shape (1,) -> (2,)`` when traces that differ only in constants returned
+    different shapes: the constant decides a shape (a slice bound, top-k's k)."""
+    if event.trace not in traces.out_shapes:
+        return None
+    arrays = _array_part(event.signature)
+    mine = traces.out_shapes[event.trace]
+    for other in reversed(traces.events[: event.trace - 1]):
+        theirs = traces.out_shapes.get(other.trace)
+        if theirs is None or _array_part(other.signature) != arrays:
+            continue
+        if theirs != mine:
+            return f"output shape {_shapes_text(theirs)} -> {_shapes_text(mine)}"
+    return None
+
+
+def _array_part(signature: Signature) -> tuple[object, ...]:
+    return tuple((p, e.shape, e.dtype) for p, e in signature.entries if e.kind == "array")
+
+
+def _shapes_text(shapes: tuple[tuple[int, ...], ...]) -> str:
+    return ", ".join(map(str, shapes)) if len(shapes) != 1 else str(shapes[0])
+
+
+def _constant_values(traces: FunctionTraces, paths: Sequence[str]) -> list[int]:
+    values = set()
+    for event in traces.events:
+        for path, entry in event.signature.entries:
+            if path in paths and entry.kind == "int":
+                values.add(int(entry.value))  # type: ignore[call-overload]
+    return sorted(values)
+
+
+def _buckets(values: Sequence[int]) -> str:
+    if not values or min(values) < 1:
+        return "[1, 2, 4, 8]"
+    return str(sorted({_bucket(v) for v in values}))
+
+
+def _bucket(size: int) -> int:
+    """The power of two at or above ``size``: padding to it wastes less than half."""
+    return 1 << max(size - 1, 0).bit_length()
+
+
+def _shape_storm(rule: Rule, traces: FunctionTraces, head: str) -> Verdict:
+    limit = rule.max_shapes
+    budget = (
+        head + f"more than {limit} distinct signatures ({rule.max_shapes_source}) fails: this "
+        f"is signature {traces.distinct}"
+    )
+    why = (
+        "MLX keeps one graph per distinct signature and never evicts one (mlx#4464): every new "
+        "shape compiles a new graph and keeps it for the life of the process"
+    )
+    axes = _varying_axes(traces)
+    details: list[str] = []
+    if axes:
+        bucketed = _bucketed_count(traces, axes)
+        for (path, axis), sizes in axes.items():
+            ordered = sorted(sizes)
+            details.append(
+                f"shapes: {path} axis {axis}: {len(ordered)} sizes {_sizes_text(ordered)}"
+            )
+        plans = "; ".join(
+            f"pad {path} axis {axis} to {sorted({_bucket(s) for s in sizes})}"
+            for (path, axis), sizes in axes.items()
+        )
+        fix = (
+            f"{plans} -> {bucketed} traces; or compile with shapeless=True if the function is "
+            "shape-agnostic (the [shapeless] variant checks it); or, if this many graphs is "
+            f"intended, raise the limit: @pytest.mark.compiled(max_shapes=N) or --mlx-max-shapes"
+        )
+    else:
+        seen = sorted({event.signature.describe() for event in traces.events})
+        details.extend(f"signature: {text}" for text in seen[:TABLE_ROWS])
+        if len(seen) > TABLE_ROWS:
+            details.append(f"... {len(seen) - TABLE_ROWS} more signatures")
+        fix = (
+            "call with fewer distinct argument shapes, dtypes and structures; or, if this many "
+            "graphs is intended, raise the limit: @pytest.mark.compiled(max_shapes=N) or "
+            "--mlx-max-shapes"
+        )
+    return Verdict(budget, why, fix, tuple(details))
+
+
+def _varying_axes(traces: FunctionTraces) -> dict[tuple[str, int], set[int]]:
+    """Array axes whose size differs between traces: (argument path, axis) -> sizes seen."""
+    shapes: dict[str, set[tuple[int, ...]]] = {}
+    for event in traces.events:
+        for path, entry in event.signature.entries:
+            if entry.kind == "array":
+                shapes.setdefault(path, set()).add(entry.shape)
+    axes: dict[tuple[str, int], set[int]] = {}
+    for path, seen in shapes.items():
+        if len({len(shape) for shape in seen}) != 1:
+            continue  # ranks differ: no padding plan fits
+        for axis in range(len(next(iter(seen)))):
+            sizes = {shape[axis] for shape in seen}
+            if len(sizes) > 1:
+                axes[(path, axis)] = sizes
+    return axes
+
+
+def _bucketed_count(traces: FunctionTraces, axes: dict[tuple[str, int], set[int]]) -> int:
+    """How many graphs the traces seen would need with each varying axis padded to a bucket."""
+    keys = set()
+    for event in traces.events:
+        parts: list[tuple[object, ...]] = []
+        for path, entry in event.signature.entries:
+            if entry.kind == "array":
+                shape = tuple(
+                    _bucket(size) if (path, axis) in axes else size
+                    for axis, size in enumerate(entry.shape)
+                )
+                parts.append((path, shape, entry.dtype))
+            else:
+                parts.append((path, entry.mlx_key(event.signature.shapeless)))
+        keys.add(tuple(parts))
+    return len(keys)
+
+
+def _sizes_text(sizes: Sequence[int]) -> str:
+    if sizes == list(range(sizes[0], sizes[-1] + 1)):
+        return f"{sizes[0]}..{sizes[-1]}"
+    shown = ", ".join(map(str, sizes[:8]))
+    return f"{shown}, ..." if len(sizes) > 8 else shown
+
+
+def budget_rule(
+    marker: CompiledMarker, mode: Mode, setting: int | str, max_shapes: int = DEFAULT_MAX_SHAPES
+) -> Rule:
+    """The budget for a variant: marker (per mode) > --mlx-max-recompiles > auto; under auto,
+    the distinct-signature limit: marker ``max_shapes`` > --mlx-max-shapes."""
+    rule = _budget(marker, mode, setting)
+    if marker.max_shapes is not None:
+        rule.max_shapes = marker.max_shapes
+        rule.max_shapes_source = f"@pytest.mark.compiled(max_shapes={marker.max_shapes})"
+    else:
+        rule.max_shapes, rule.max_shapes_source = max_shapes, f"--mlx-max-shapes={max_shapes}"
+    return rule
+
+
+def _budget(marker: CompiledMarker, mode: Mode, setting: int | str) -> Rule:
     marked = marker.max_recompiles
     if isinstance(marked, dict):
         per_mode = {str(m): n for m, n in marked.items()}
@@ -350,6 +617,14 @@ class RecompileObserver(Observer):
         #: cannot be a True-for-1 or tuple-for-list reuse, so it skips the signature (~1 us)
         self._traced_types: set[tuple[int, Hashable]] = set()
         self._tracing = _Tracing()
+        #: the outermost call's trace, judged when the call returns
+        self._pending: _Pending | None = None
+        #: id(fun) -> (fun, its reporting body) for MLX's own compiles in this variant
+        self._library: dict[int, tuple[Callable[..., Any], Callable[..., Any]]] = {}
+        #: >0 inside ``mlx_recompiles.allow()``: the variant's budget does not fail
+        self.allowing = 0
+        #: the variant is over: library bodies compiled during it stop reporting
+        self._done = False
 
     # lookups ---------------------------------------------------------------------------------
     def traces_of(self, record: FunctionRecord) -> tuple[Hashable, FunctionTraces]:
@@ -400,21 +675,25 @@ class RecompileObserver(Observer):
             # outer trace, so this is the outer function's retrace, not this one's.
             return
         key, traces = self.traces_of(record)
+        shapeless = self.shapeless(record)
         signature = signature_of(
-            args,
-            kwargs,
-            names=traces.names,
-            inputs=record.fn.inputs,
-            shapeless=self.shapeless(record),
+            args, kwargs, names=traces.names, inputs=record.fn.inputs, shapeless=shapeless
         )
         new_object = bool(traces.events) and not traces.signatures_of(record)
         transform = instrument.current_transform()
         call = None if transform else sum(r.calls for r in traces.records)
         new_object_at = _compiled_at(record.fn) if new_object else None
         event = traces.add(signature, call, record, new_object_at, transform)
-        record.extra.setdefault("recompiles", []).append(event.as_dict(traces))
+        data = event.as_dict(traces)
+        record.extra.setdefault("recompiles", []).append(data)
         self._traced_types.add((id(record), _argument_types(args, kwargs)))
-        message = self._violation(key, traces, event, self.shapeless(record))
+        pending = _Pending(key, traces, event, data, shapeless, call or len(traces.events))
+        if call is not None:
+            # Judged when the call returns: the body runs first, so the user's own exception
+            # (a validation error on the new value) is the one the test sees.
+            self._pending = pending
+            return
+        message = self._judge(pending)
         if message is not None:
             stack.clear()
             raise RecompileError(message)
@@ -423,6 +702,11 @@ class RecompileObserver(Observer):
         self, record: FunctionRecord, args: tuple[Any, ...], kwargs: dict[str, Any], out: object
     ) -> None:
         stack = self._tracing.stack
+        if len(stack) == 1:
+            found = self._of_record.get(id(record))
+            if found is not None and found[1].events:
+                traces = found[1]
+                traces.out_shapes[traces.events[-1].trace] = _array_shapes(out)
         if stack:
             stack.pop()
 
@@ -431,6 +715,21 @@ class RecompileObserver(Observer):
     ) -> None:
         # An outermost call: nothing is being traced, whatever an earlier failed trace left.
         self._tracing.stack.clear()
+        self._pending = None
+
+    def call_failed(
+        self, record: FunctionRecord, args: tuple[Any, ...], kwargs: dict[str, Any], exc: Exception
+    ) -> None:
+        pending, self._pending = self._pending, None
+        if pending is None or isinstance(exc, MLXCompileError):
+            return
+        message = self._judge(pending)
+        if message is not None and hasattr(exc, "add_note"):  # Python >= 3.11
+            first = message.splitlines()[0]
+            exc.add_note(
+                f"pytest-mlxcompile: this call also retraced over budget ({first}); the "
+                "RecompileError is not raised because the call failed first"
+            )
 
     def after_call(
         self,
@@ -440,6 +739,12 @@ class RecompileObserver(Observer):
         out: object,
         traced: bool,
     ) -> None:
+        __tracebackhide__ = True
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            message = self._judge(pending)
+            if message is not None:
+                raise RecompileError(message)
         if traced or id(record) in self._warned:
             return
         found = self._of_record.get(id(record))
@@ -460,14 +765,82 @@ class RecompileObserver(Observer):
             self._warned.add(id(record))
             self._warn(message)
 
+    def finish(self, run: VariantRun) -> None:
+        self._done = True
+        self._library.clear()
+
+    # MLX's own compiles ----------------------------------------------------------------------
+    def library_compile(
+        self, fun: Callable[..., Any], shapeless: bool, site: tuple[str, int]
+    ) -> Callable[..., Any]:
+        """The callable to compile for a ``mx.compile(fun)`` made by MLX's own code during this
+        variant: ``fun`` behind a body that reports its traces (never mode-switched).
+
+        The same ``fun`` gets the same body, so compiles that MLX's cache shares stay shared.
+        """
+        found = self._library.get(id(fun))
+        if found is not None and found[0] is fun:
+            return found[1]
+        observer = self
+
+        def library_body(*args: Any, **kwargs: Any) -> Any:
+            __tracebackhide__ = True
+            observer._library_trace(library_body, fun, shapeless, site, args, kwargs)
+            return fun(*args, **kwargs)
+
+        self._library[id(fun)] = (fun, library_body)
+        return library_body
+
+    def _library_trace(
+        self,
+        body: object,
+        fun: Callable[..., Any],
+        shapeless: bool,
+        site: tuple[str, int],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> None:
+        __tracebackhide__ = True
+        if self._done or self._tracing.stack or instrument.running_eagerly():
+            # a later test, a trace of the user's own function (MLX inlines it), or the shadow
+            return
+        key = ("library", _code_key(fun))
+        traces = self.functions.get(key)
+        if traces is None:
+            name, where = instrument.describe(fun)
+            names = parameter_names(fun)
+            traces = self.functions[key] = FunctionTraces(name, _short_path(where), names)
+        signature = signature_of(args, kwargs, names=traces.names, shapeless=shapeless)
+        new_object = bool(traces.events) and not traces.signatures_of(body)
+        new_object_at = f"{_short_path(site[0])}:{site[1]}" if new_object else None
+        transform = instrument.current_transform()
+        event = traces.add(signature, None, body, new_object_at, transform)
+        traces.called_from = _user_call_site()
+        message = self._judge(_Pending(key, traces, event, {}, shapeless, len(traces.events)))
+        if message is not None:
+            raise RecompileError(message)
+
     # budgets ---------------------------------------------------------------------------------
+    def _judge(self, pending: _Pending) -> str | None:
+        message = self._violation(
+            pending.key, pending.traces, pending.event, pending.shapeless, pending.calls
+        )
+        if message is not None:
+            pending.data["failed"] = True
+        return message
+
     def _violation(
-        self, key: Hashable, traces: FunctionTraces, event: TraceEvent, shapeless: bool
+        self,
+        key: Hashable,
+        traces: FunctionTraces,
+        event: TraceEvent,
+        shapeless: bool,
+        calls: int,
     ) -> str | None:
         if event.trace == 1:
             return None
         rules: list[tuple[Rule, int]] = []
-        if self.rule is not None:
+        if self.rule is not None and not self.allowing:
             rules.append((self.rule, traces.retraces))
         if key in self.function_rules:
             rules.append((self.function_rules[key], traces.retraces))
@@ -477,28 +850,107 @@ class RecompileObserver(Observer):
                 rules.append((scope, scope.counts[key]))
         for rule, used in rules:
             if rule.limit == "auto":
-                why = _auto_violation(event, shapeless)
-                if why is not None:
-                    return self._message(traces, event, f"{rule.describe()}: {why} fails")
+                verdict = _auto_violation(rule, traces, event, shapeless, calls)
+                if verdict is not None:
+                    return self._message(traces, event, verdict)
             elif isinstance(rule.limit, int) and used > rule.limit:
                 over = f"{rule.describe()}: this is retrace {used}"
-                return self._message(traces, event, over)
+                return self._message(traces, event, Verdict(over))
         return None
 
-    def _message(self, traces: FunctionTraces, event: TraceEvent, budget: str) -> str:
+    def _message(self, traces: FunctionTraces, event: TraceEvent, verdict: Verdict) -> str:
         mode = f" [{self.mode}]" if self.label != "standalone" else ""
         why, fix = WHY_AND_FIX[event.kind]
-        record = traces.records[-1]
+        if traces.called_from is not None:
+            where = (
+                f"  where: {traces.name} defined at {traces.where} (library code), called "
+                f"from {traces.called_from}"
+            )
+            fix = verdict.fix or fix
+            fix += (
+                "; in code you cannot change, accept its retraces in the test with "
+                "`with mlx_recompiles.allow(): ...` (docs/recompiles.md)"
+            )
+        else:
+            record = traces.records[-1]
+            where = (
+                f"  where: {traces.name} defined at {traces.where}, "
+                f"compiled at {_compiled_at(record.fn)}"
+            )
+            fix = verdict.fix or fix
         lines = [
             f"{traces.name}{mode} {_call_text(event)} retraced: {'; '.join(event.reason_texts)}",
-            f"  where: {traces.name} defined at {traces.where}, "
-            f"compiled at {_compiled_at(record.fn)}",
-            f"  budget: {budget}",
+            where,
+            f"  budget: {verdict.budget}",
+            *(f"  {detail}" for detail in verdict.details),
             *traces.table(),
-            f"  why: {why}",
+            f"  why: {verdict.why or why}",
             f"  fix: {fix}",
         ]
         return "\n".join(lines)
+
+
+@dataclass
+class _Pending:
+    """A trace whose verdict waits for its call to return."""
+
+    key: Hashable
+    traces: FunctionTraces
+    event: TraceEvent
+    #: the event's entry in ``FunctionRecord.extra["recompiles"]``: marked ``failed``
+    data: dict[str, Any]
+    shapeless: bool
+    calls: int
+
+
+def _array_shapes(out: object) -> tuple[tuple[int, ...], ...]:
+    """Shapes of the arrays in a traced call's output (tracers: shapes only, no evaluation)."""
+    array_type = _mlx.core().array
+    shapes: list[tuple[int, ...]] = []
+    stack = [out]
+    while stack and len(shapes) < 64:
+        item = stack.pop()
+        if isinstance(item, array_type):
+            shapes.append(tuple(item.shape))
+        elif isinstance(item, (list, tuple)):
+            stack.extend(reversed(item))
+        elif isinstance(item, dict):
+            stack.extend(reversed(list(item.values())))
+    return tuple(shapes)
+
+
+def _code_key(fun: object) -> Hashable:
+    code = getattr(fun, "__code__", None)
+    return code if code is not None else ("object", id(fun))
+
+
+_SKIPPED_PARTS = ("site-packages", "dist-packages")
+
+
+def _user_call_site() -> str:
+    """``file:line`` of the innermost frame in the user's code (not MLX, not a library, not us)."""
+    here = os.path.dirname(__file__)
+    mlx_dir = os.path.dirname(str(_mlx.core().__file__)) + os.sep
+    frame: FrameType | None = sys._getframe(1)
+    while frame is not None:
+        filename = frame.f_code.co_filename
+        if not (
+            filename.startswith((here, mlx_dir))
+            or filename.startswith("<")
+            or any(part in filename for part in _SKIPPED_PARTS)
+        ):
+            return f"{locations.relative(filename)}:{frame.f_lineno}"
+        frame = frame.f_back
+    return "<unknown>"
+
+
+def _short_path(where: str) -> str:
+    """``mlx/nn/layers/upsample.py:174`` for a file inside site-packages."""
+    for part in ("site-packages", "dist-packages"):
+        marker = f"{part}{os.sep}"
+        if marker in where:
+            return where.split(marker, 1)[1]
+    return where
 
 
 def _argument_types(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Hashable:
@@ -550,27 +1002,41 @@ def _warn_runtime(message: str) -> None:
 
 # summary -----------------------------------------------------------------------------------------
 def summary_entries(records: Iterable[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
-    """One entry per function that retraced, from the per-test records of the run.
+    """One entry per test and function that retraced, its modes grouped, from the run's records.
 
     Built from the records the controller holds (``report.Collector``), so the section is the
-    same under pytest-xdist as in a serial run.
+    same under pytest-xdist as in a serial run. Each entry: ``test`` (the node id without the
+    mode), ``function``, ``where``, and ``modes``: mode -> ``{"traces", "reasons", "failed"}``.
     """
-    entries = []
+    grouped: dict[tuple[str, str, str], dict[str, Any]] = {}
     for nodeid, record in records:
+        mode = str(record.get("mode") or "")
+        test = _without_mode(nodeid, mode)
         for function in record.get("functions", ()):
             events = function.get("recompiles") or []
             if len(events) < 2:
                 continue
-            entries.append(
-                {
-                    "test": nodeid,
-                    "function": function["function"],
-                    "where": function["where"],
-                    "traces": len(events),
-                    "reasons": [_event_text(event) for event in events[1:]],
-                }
+            key = (test, function["function"], function["where"])
+            entry = grouped.setdefault(
+                key,
+                {"test": test, "function": key[1], "where": key[2], "modes": {}},
             )
-    return entries
+            entry["modes"][mode] = {
+                "traces": len(events),
+                "reasons": [_event_text(event) for event in events[1:]],
+                "failed": any(event.get("failed") for event in events),
+            }
+    return list(grouped.values())
+
+
+def _without_mode(nodeid: str, mode: str) -> str:
+    """``test_x.py::test_a`` for ``test_x.py::test_a[compiled]``, ``test_b[1]`` for
+    ``test_b[1-compiled]``: the mode is the last id part (variants.parametrize)."""
+    if mode and nodeid.endswith(f"[{mode}]"):
+        return nodeid[: -len(mode) - 2]
+    if mode and nodeid.endswith(f"-{mode}]"):
+        return nodeid[: -len(mode) - 2] + "]"
+    return nodeid
 
 
 def _event_text(event: dict[str, Any]) -> str:
@@ -578,19 +1044,48 @@ def _event_text(event: dict[str, Any]) -> str:
     return f"trace {event['trace']}{call}: {'; '.join(event['reasons'])}"
 
 
-def summary_lines(entries: Sequence[dict[str, Any]]) -> list[str]:
-    """The "recompiles" section: the functions with the most traces, and why they retraced."""
-    ranked = sorted(entries, key=lambda entry: -int(entry["traces"]))
+def summary_lines(entries: Sequence[dict[str, Any]], verbosity: int = 0) -> list[str]:
+    """The "recompiles" section: the retraces that failed a budget, or with ``-v`` every
+    function that retraced (``-vv``: no limit on how many), most traces first."""
+    shown = []
+    for entry in entries:
+        modes = {
+            mode: data for mode, data in entry["modes"].items() if verbosity > 0 or data["failed"]
+        }
+        if modes:
+            shown.append({**entry, "modes": modes})
+    shown.sort(key=lambda entry: -max(int(m["traces"]) for m in entry["modes"].values()))
+    limit = len(shown) if verbosity > 1 else SUMMARY_FUNCTIONS
     lines: list[str] = []
-    for entry in ranked[:SUMMARY_FUNCTIONS]:
-        name = f"{entry['function']} ({entry['where']})"
-        lines.append(f"{entry['test']}: {name} traced {entry['traces']} times")
-        reasons = list(entry["reasons"])
-        lines.extend(f"  {reason}" for reason in reasons[:SUMMARY_REASONS])
+    for entry in shown[:limit]:
+        lines.extend(_entry_lines(entry))
+    rest = shown[limit:]
+    if rest:
+        functions = len({(entry["function"], entry["where"]) for entry in rest})
+        tests = len({entry["test"] for entry in rest})
+        lines.append(
+            f"... and {len(rest)} more: {functions} function(s) in {tests} test(s) (-vv shows all)"
+        )
+    return lines
+
+
+def _entry_lines(entry: dict[str, Any]) -> list[str]:
+    modes: dict[str, dict[str, Any]] = entry["modes"]
+    counts = []
+    for index, (mode, data) in enumerate(modes.items()):
+        times = f"{data['traces']} times" if index == 0 else str(data["traces"])
+        over = " (over budget)" if data["failed"] else ""
+        counts.append(f"{times} in [{mode}]{over}" if mode else f"{times}{over}")
+    lines = [f"{entry['test']}: {entry['function']} ({entry['where']}) traced {', '.join(counts)}"]
+    same = len({tuple(data["reasons"]) for data in modes.values()}) == 1
+    for mode, data in modes.items():
+        prefix = "" if same or not mode else f"[{mode}] "
+        reasons = list(data["reasons"])
+        lines.extend(f"  {prefix}{reason}" for reason in reasons[:SUMMARY_REASONS])
         if len(reasons) > SUMMARY_REASONS:
-            lines.append(f"  ... {len(reasons) - SUMMARY_REASONS} more")
-    if len(ranked) > SUMMARY_FUNCTIONS:
-        lines.append(f"... and {len(ranked) - SUMMARY_FUNCTIONS} more functions that retraced")
+            lines.append(f"  {prefix}... {len(reasons) - SUMMARY_REASONS} more")
+        if same:
+            break
     return lines
 
 
@@ -634,6 +1129,24 @@ class RecompileCounter:
             yield
         finally:
             observer.scopes.remove(scope)
+
+
+    @contextmanager
+    def allow(self) -> Iterator[None]:
+        """Accept every retrace inside the block: recorded and listed with ``-v``, never failed
+        by the variant's budget (``mlx_recompiles.budget`` and ``max_recompiles`` still count).
+
+        For code the test cannot change: a library that compiles a new function on every call.
+        """
+        observer = self._observer
+        if observer is None:
+            yield
+            return
+        observer.allowing += 1
+        try:
+            yield
+        finally:
+            observer.allowing -= 1
 
 
 def _unwrap_budgeted(fn: object) -> object:

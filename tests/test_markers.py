@@ -8,7 +8,8 @@ def test_the_marker_is_listed_with_its_full_signature(pytester, run):
     result.stdout.fnmatch_lines(
         [
             "@pytest.mark.compiled(*, modes=None, rtol=None, atol=None, max_recompiles=None, "
-            "parity=None, timings=None): run the test with every mx.compile instrumented*"
+            "parity=None, timings=None, max_shapes=None): run the test with every mx.compile "
+            "instrumented*"
         ]
     )
 
