@@ -487,11 +487,14 @@ def _shape_storm(rule: Rule, traces: FunctionTraces, head: str) -> Verdict:
     details: list[str] = []
     if axes:
         bucketed = _bucketed_count(traces, axes)
+        for path in dict.fromkeys(path for path, _ in axes):
+            shapes = list(dict.fromkeys(_shapes_of(traces, path)))
+            shown = ", ".join(map(str, shapes[:10]))
+            more = f", ... ({len(shapes) - 10} more)" if len(shapes) > 10 else ""
+            details.append(f"shapes seen for {path}: {shown}{more}")
         for (path, axis), sizes in axes.items():
             ordered = sorted(sizes)
-            details.append(
-                f"shapes: {path} axis {axis}: {len(ordered)} sizes {_sizes_text(ordered)}"
-            )
+            details.append(f"{path} axis {axis}: {len(ordered)} sizes {_sizes_text(ordered)}")
         plans = "; ".join(
             f"pad {path} axis {axis} to {sorted({_bucket(s) for s in sizes})}"
             for (path, axis), sizes in axes.items()
@@ -512,6 +515,13 @@ def _shape_storm(rule: Rule, traces: FunctionTraces, head: str) -> Verdict:
             "--mlx-max-shapes"
         )
     return Verdict(budget, why, fix, tuple(details))
+
+
+def _shapes_of(traces: FunctionTraces, path: str) -> Iterator[tuple[int, ...]]:
+    for event in traces.events:
+        for where, entry in event.signature.entries:
+            if where == path and entry.kind == "array":
+                yield entry.shape
 
 
 def _varying_axes(traces: FunctionTraces) -> dict[tuple[str, int], set[int]]:
@@ -684,6 +694,8 @@ class RecompileObserver(Observer):
         call = None if transform else sum(r.calls for r in traces.records)
         new_object_at = _compiled_at(record.fn) if new_object else None
         event = traces.add(signature, call, record, new_object_at, transform)
+        if _in_library(record.fn):
+            traces.called_from = _user_call_site()
         data = event.as_dict(traces)
         record.extra.setdefault("recompiles", []).append(data)
         self._traced_types.add((id(record), _argument_types(args, kwargs)))
@@ -866,10 +878,10 @@ class RecompileObserver(Observer):
                 f"  where: {traces.name} defined at {traces.where} (library code), called "
                 f"from {traces.called_from}"
             )
-            fix = verdict.fix or fix
-            fix += (
-                "; in code you cannot change, accept its retraces in the test with "
-                "`with mlx_recompiles.allow(): ...` (docs/recompiles.md)"
+            fix = (
+                "the mx.compile is in library code: if you cannot change it, accept its "
+                "retraces in the test with `with mlx_recompiles.allow(): ...` "
+                f"(docs/recompiles.md); if you can: {verdict.fix or fix}"
             )
         else:
             record = traces.records[-1]
@@ -917,6 +929,11 @@ def _array_shapes(out: object) -> tuple[tuple[int, ...], ...]:
         elif isinstance(item, dict):
             stack.extend(reversed(list(item.values())))
     return tuple(shapes)
+
+
+def _in_library(fn: InstrumentedFunction) -> bool:
+    """Compiled by an installed package (mlx-lm), not by the code under test."""
+    return fn.compiled_at is not None and any(part in fn.compiled_at[0] for part in _SKIPPED_PARTS)
 
 
 def _code_key(fun: object) -> Hashable:
@@ -1129,7 +1146,6 @@ class RecompileCounter:
             yield
         finally:
             observer.scopes.remove(scope)
-
 
     @contextmanager
     def allow(self) -> Iterator[None]:
