@@ -635,6 +635,7 @@ class RecompileObserver(Observer):
         self.allowing = 0
         #: the variant is over: library bodies compiled during it stop reporting
         self._done = False
+        self._thread = threading.get_ident()
 
     # lookups ---------------------------------------------------------------------------------
     def traces_of(self, record: FunctionRecord) -> tuple[Hashable, FunctionTraces]:
@@ -813,8 +814,14 @@ class RecompileObserver(Observer):
         kwargs: dict[str, Any],
     ) -> None:
         __tracebackhide__ = True
-        if self._done or self._tracing.stack or instrument.running_eagerly():
-            # a later test, a trace of the user's own function (MLX inlines it), or the shadow
+        if (
+            self._done
+            or self._tracing.stack
+            or instrument.running_eagerly()
+            or threading.get_ident() != self._thread
+        ):
+            # a later test, a trace of the user's own function (MLX inlines it), the eager
+            # shadow, or another thread (a data loader): not the test's own calls
             return
         key = ("library", _code_key(fun))
         traces = self.functions.get(key)

@@ -31,7 +31,7 @@ def test_a_typo_in_a_marker_keyword_is_a_collection_error_naming_test_and_keywor
         [
             "@pytest.mark.compiled on test_*.py::test_typo: unknown keyword 'max_recompile'; "
             "did you mean 'max_recompiles'? (accepted: modes, rtol, atol, max_recompiles, "
-            "parity, timings)"
+            "parity, timings, max_shapes)"
         ]
     )
     result.stdout.no_fnmatch_line("*INTERNALERROR*")
