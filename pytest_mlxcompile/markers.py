@@ -21,7 +21,7 @@ MARKER_HELP = (
     "with --mlx-compile-matrix once per mode ([eager], [compiled], [shapeless]). modes narrows the "
     "matrix; rtol/atol set parity tolerances; max_recompiles is an int or a dict per mode; parity "
     "is 'all', 'first' or 'off'; timings=True times every compiled function the test calls; "
-    "max_shapes is how many distinct signatures a function may trace under the auto budget "
+    "max_shapes is how many distinct input shapes a function may trace under the auto budget "
     "(0: no limit)."
 )
 

@@ -32,6 +32,7 @@ from pytest_mlxcompile.errors import MLXCompileError, RecompileError
 from pytest_mlxcompile.instrument import FunctionRecord, InstrumentedFunction, Observer, VariantRun
 from pytest_mlxcompile.modes import Mode
 from pytest_mlxcompile.signature import (
+    CONSTANTS,
     Entry,
     Reason,
     Signature,
@@ -57,8 +58,10 @@ __all__ = [
     "summary_lines",
 ]
 
-#: Distinct signatures a function may trace per test variant under auto (torch's recompile
-#: limit is 8 per frame too).
+#: The input shapes of one trace: (argument path, shape, or rank when shapeless) per array.
+ShapeSet = tuple[tuple[str, "tuple[int, ...] | int"], ...]
+#: Distinct input shapes (and values of one Python argument) a function may trace per test
+#: variant under auto (torch's recompile limit is 8 per frame too).
 DEFAULT_MAX_SHAPES = 8
 #: How many rows of trace history an error or the summary shows.
 TABLE_ROWS = 12
@@ -146,9 +149,15 @@ class TraceEvent:
     signature: Signature
     #: the transformation the call ran under ("grad"), "" outside any
     transform: str = ""
-    #: traced under a transformation with a signature already traced under one: MLX traces
-    #: such calls every time
-    repeats_transform: bool = False
+    #: where the transformed call came from (the user's file:line), under a transformation
+    transform_site: str = ""
+    #: traces so far with this signature, under this transformation, from this line: MLX
+    #: traces such calls every time, so a loop shows up as a count that keeps growing
+    transform_repeats: int = 0
+    #: the array shapes of this trace were never seen before in the variant
+    new_shapes: bool = False
+    #: argument paths whose Python value was never seen before in the variant
+    new_values: tuple[str, ...] = ()
 
     def only(self, kind: str) -> bool:
         return bool(self.reasons) and all(reason.kind == kind for reason in self.reasons)
@@ -187,9 +196,14 @@ class FunctionTraces:
         self.records: list[FunctionRecord] = []
         self._signatures: dict[int, list[Signature]] = {}  # id(record) -> its traced signatures
         self.ambiguous = False
-        #: MLX cache keys traced (one graph each), and those traced under a transformation
+        #: MLX cache keys traced (one graph each); traces under a transformation, counted by
+        #: (cache key, transformation, call site)
         self.keys: set[tuple[object, ...]] = set()
-        self.transform_keys: set[tuple[object, ...]] = set()
+        self.transform_keys: dict[tuple[object, ...], int] = {}
+        #: the array shapes of each trace, all arguments together (ranks when shapeless), and
+        #: the Python values seen per argument path: what the storm limit counts
+        self.shape_sets: set[ShapeSet] = set()
+        self.values: dict[str, set[tuple[str, object]]] = {}
         #: shapes of the array outputs of each trace, by trace number
         self.out_shapes: dict[int, tuple[tuple[int, ...], ...]] = {}
         #: where the test called into the library that compiles this function (library code)
@@ -206,9 +220,10 @@ class FunctionTraces:
         owner: object,
         new_object_at: str | None,
         transform: str = "",
+        transform_site: str = "",
     ) -> TraceEvent:
         """Record a trace; ``new_object_at`` is where a new object of this code was compiled,
-        ``transform`` the transformation the call ran under."""
+        ``transform`` the transformation the call ran under, called from ``transform_site``."""
         key = signature.cache_key()
         if not self.events:
             reasons: tuple[Reason, ...] = ()
@@ -228,12 +243,34 @@ class FunctionTraces:
                 found = [Reason("transform", text)]
             unknown = Reason("unknown", "no change in the arguments MLX keys its cache on")
             reasons = tuple(found) or (unknown,)
-        repeat = bool(transform) and key in self.transform_keys
-        event = TraceEvent(len(self.events) + 1, call, reasons, signature, transform, repeat)
+        shapes = _shape_set(signature)
+        new_shapes = shapes not in self.shape_sets
+        self.shape_sets.add(shapes)
+        new_values = []
+        for path, entry in signature.entries:
+            if entry.kind in CONSTANTS:
+                seen = self.values.setdefault(path, set())
+                if (entry.kind, entry.value) not in seen:
+                    seen.add((entry.kind, entry.value))
+                    new_values.append(path)
+        repeats = 0
+        if transform:
+            where = (key, transform, transform_site)
+            repeats = self.transform_keys[where] = self.transform_keys.get(where, 0) + 1
+        number = len(self.events) + 1
+        event = TraceEvent(
+            number,
+            call,
+            reasons,
+            signature,
+            transform,
+            transform_site,
+            repeats,
+            new_shapes=new_shapes,
+            new_values=tuple(new_values),
+        )
         self.events.append(event)
         self.keys.add(key)
-        if transform:
-            self.transform_keys.add(key)
         self._signatures.setdefault(id(owner), []).append(signature)
         self.ambiguous = self.ambiguous or signature.ambiguous
         return event
@@ -244,8 +281,8 @@ class FunctionTraces:
         return len(self.keys)
 
     def new_value_traces(self) -> int:
-        """Traces for a Python constant value never seen before (the first trace included)."""
-        return sum(1 for event in self.events if not event.reasons or event.only("constant"))
+        """Traces for a Python value never seen before (the first trace included)."""
+        return sum(1 for event in self.events if event.new_values)
 
     def signatures_of(self, owner: object) -> list[Signature]:
         return self._signatures.get(id(owner), [])
@@ -320,7 +357,8 @@ class Rule:
     counts: dict[Hashable, int] = field(default_factory=dict)
     #: for scoped budgets: only this function (as the user named it), or every function
     target: object = None
-    #: under auto: distinct signatures allowed per function (0 = no limit), and its source
+    #: under auto: distinct input shapes, and values of one Python argument, allowed per
+    #: function (0 = no limit), and where the limit came from
     max_shapes: int = DEFAULT_MAX_SHAPES
     max_shapes_source: str = f"--mlx-max-shapes={DEFAULT_MAX_SHAPES}"
 
@@ -352,7 +390,8 @@ def _auto_violation(
     Allowed: a few shapes, dtypes and structures, and a few Python constant values each reused
     (settings such as top_k's k). Storms fail: a new object per call whose predecessor's cache
     would have served it, a trace on every call under a transformation, more than
-    ``rule.max_shapes`` distinct signatures, and a constant new on nearly every call.
+    ``rule.max_shapes`` distinct input shapes or values of one Python argument, and a Python
+    value new on nearly every call.
     """
     head = f"{rule.describe()}: "
     name = traces.name
@@ -363,25 +402,30 @@ def _auto_violation(
             "every mx.compile(...) call makes a new compiled function with an empty cache, so "
             "each new object traces again a signature an earlier one had already traced",
         )
-    if event.repeats_transform:
+    if event.transform_repeats >= TRANSFORM_REPEATS:
         transform = event.transform
         return Verdict(
-            head + f"tracing on every call under mx.{transform} fails",
+            head + f"tracing on every call under mx.{transform} fails: {event.transform_repeats} "
+            f"traces with this signature from {event.transform_site}",
             f"MLX runs a compiled function's Python body again on every call made under "
             f"mx.{transform} (the cache is not used inside transformations), so {name} is "
             "compiled from scratch on every step",
             f"compile the transformed function instead, e.g. "
-            f"mx.compile(mx.value_and_grad({name})) or mx.compile(mx.{transform}({name})): "
-            "it traces once and is reused",
+            f"mx.compile(mx.value_and_grad({name})) or mx.compile(mx.{transform}({name})), or "
+            "compile the whole step that calls it: it traces once and is reused",
         )
     kinds = {reason.kind for reason in event.reasons}
     # A rank change retraces shapeless graphs too (MLX keys on ndim), so only same-rank shape
     # changes are unexpected there.
     if shapeless and kinds == {"shape"}:
         return Verdict(head + "a retrace caused only by shapes in [shapeless] fails")
-    if rule.max_shapes and traces.distinct > rule.max_shapes:
+    limit = rule.max_shapes
+    if limit and event.new_shapes and len(traces.shape_sets) > limit:
         return _shape_storm(rule, traces, head)
-    if kinds == {"constant"}:
+    many = [path for path in event.new_values if len(traces.values[path]) > limit]
+    if limit and many:
+        return _value_storm(rule, traces, event, head, many[0])
+    if event.new_values and event.reasons and kinds <= {"constant", "shape", "ndim", "dtype"}:
         new = traces.new_value_traces()
         if calls >= STORM_CALLS and new * 4 > calls * 3:
             return _constant_storm(traces, event, head, new, calls)
@@ -390,6 +434,9 @@ def _auto_violation(
 
 #: The constant policy: a storm is a constant new on more than 3/4 of at least this many calls.
 STORM_CALLS = 5
+#: Traces with one signature under one transformation from one line that make a storm: a loop.
+#: Two different transformations (vjp then jvp), or one per line, are a test of each.
+TRANSFORM_REPEATS = 3
 
 
 def _constant_storm(
@@ -403,7 +450,7 @@ def _constant_storm(
         "MLX bakes Python int/float/str arguments into the graph as constants, so every new "
         "value compiles a new graph, and MLX keeps each one (no eviction, mlx#4464)"
     )
-    paths = [reason.text.split(" (", 1)[0] for reason in event.reasons]
+    paths = list(event.new_values)
     feeds = _feeds_shape(traces, event)
     if feeds is not None:
         return Verdict(
@@ -474,47 +521,85 @@ def _bucket(size: int) -> int:
 
 
 def _shape_storm(rule: Rule, traces: FunctionTraces, head: str) -> Verdict:
-    limit = rule.max_shapes
+    count = len(traces.shape_sets)
     budget = (
-        head + f"more than {limit} distinct signatures ({rule.max_shapes_source}) fails: this "
-        f"is signature {traces.distinct}"
+        head + f"more than {rule.max_shapes} distinct input shapes ({rule.max_shapes_source}) "
+        f"fails: this is shape {count}"
     )
     why = (
         "MLX keeps one graph per distinct signature and never evicts one (mlx#4464): every new "
         "shape compiles a new graph and keeps it for the life of the process"
     )
     axes = _varying_axes(traces)
+    paths = dict.fromkeys(path for event in traces.events for path in _array_paths(event))
     details: list[str] = []
-    if axes:
-        bucketed = _bucketed_count(traces, axes)
-        for path in dict.fromkeys(path for path, _ in axes):
-            shapes = list(dict.fromkeys(_shapes_of(traces, path)))
+    for path in paths:
+        shapes = list(dict.fromkeys(_shapes_of(traces, path)))
+        if len(shapes) > 1:
             shown = ", ".join(map(str, shapes[:10]))
             more = f", ... ({len(shapes) - 10} more)" if len(shapes) > 10 else ""
             details.append(f"shapes seen for {path}: {shown}{more}")
-        for (path, axis), sizes in axes.items():
-            ordered = sorted(sizes)
-            details.append(f"{path} axis {axis}: {len(ordered)} sizes {_sizes_text(ordered)}")
+    for (path, axis), sizes in axes.items():
+        ordered = sorted(sizes)
+        details.append(f"{path} axis {axis}: {len(ordered)} sizes {_sizes_text(ordered)}")
+    raise_limit = (
+        "or, if this many graphs is intended, raise the limit: "
+        "@pytest.mark.compiled(max_shapes=N) or --mlx-max-shapes"
+    )
+    bucketed = _bucketed_count(traces, axes) if axes else count
+    if bucketed < count:
         plans = "; ".join(
             f"pad {path} axis {axis} to {sorted({_bucket(s) for s in sizes})}"
             for (path, axis), sizes in axes.items()
         )
         fix = (
             f"{plans} -> {bucketed} traces; or compile with shapeless=True if the function is "
-            "shape-agnostic (the [shapeless] variant checks it); or, if this many graphs is "
-            f"intended, raise the limit: @pytest.mark.compiled(max_shapes=N) or --mlx-max-shapes"
+            f"shape-agnostic (the [shapeless] variant checks it); {raise_limit}"
         )
     else:
-        seen = sorted({event.signature.describe() for event in traces.events})
-        details.extend(f"signature: {text}" for text in seen[:TABLE_ROWS])
-        if len(seen) > TABLE_ROWS:
-            details.append(f"... {len(seen) - TABLE_ROWS} more signatures")
         fix = (
-            "call with fewer distinct argument shapes, dtypes and structures; or, if this many "
-            "graphs is intended, raise the limit: @pytest.mark.compiled(max_shapes=N) or "
-            "--mlx-max-shapes"
+            "call with fewer distinct shapes (pad to a few sizes), or compile with "
+            f"shapeless=True if the function is shape-agnostic; {raise_limit}"
         )
     return Verdict(budget, why, fix, tuple(details))
+
+
+def _value_storm(
+    rule: Rule, traces: FunctionTraces, event: TraceEvent, head: str, path: str
+) -> Verdict:
+    values = sorted(traces.values[path], key=repr)
+    shown = ", ".join(repr(value) for _, value in values[:10])
+    more = f", ... ({len(values) - 10} more)" if len(values) > 10 else ""
+    feeds = _feeds_shape(traces, event)
+    fix = (
+        "call with a few values, each reused (round up to buckets)"
+        if feeds is not None
+        else "pass the value as an mx.array: arrays are graph inputs, so one graph serves every "
+        "value; if it must stay Python (a slice bound, an axis), call with a few values"
+    )
+    return Verdict(
+        head + f"more than {rule.max_shapes} distinct values of {path} "
+        f"({rule.max_shapes_source}) fails: this is value {len(values)}",
+        "MLX bakes Python int/float/str arguments into the graph as constants and keeps one "
+        "graph per value, never evicting one (mlx#4464)"
+        + ("" if feeds is None else f"; {path} sets a shape ({feeds})"),
+        fix + "; or, if this many graphs is intended, raise the limit: "
+        "@pytest.mark.compiled(max_shapes=N) or --mlx-max-shapes",
+        (f"values seen for {path}: {shown}{more}",),
+    )
+
+
+def _shape_set(signature: Signature) -> ShapeSet:
+    """The input shapes of one trace (ranks only when shapeless: MLX keys on ndim there)."""
+    return tuple(
+        (path, len(entry.shape) if signature.shapeless else entry.shape)
+        for path, entry in signature.entries
+        if entry.kind == "array"
+    )
+
+
+def _array_paths(event: TraceEvent) -> list[str]:
+    return [path for path, entry in event.signature.entries if entry.kind == "array"]
 
 
 def _shapes_of(traces: FunctionTraces, path: str) -> Iterator[tuple[int, ...]]:
@@ -543,21 +628,22 @@ def _varying_axes(traces: FunctionTraces) -> dict[tuple[str, int], set[int]]:
 
 
 def _bucketed_count(traces: FunctionTraces, axes: dict[tuple[str, int], set[int]]) -> int:
-    """How many graphs the traces seen would need with each varying axis padded to a bucket."""
-    keys = set()
-    for event in traces.events:
-        parts: list[tuple[object, ...]] = []
-        for path, entry in event.signature.entries:
-            if entry.kind == "array":
-                shape = tuple(
-                    _bucket(size) if (path, axis) in axes else size
-                    for axis, size in enumerate(entry.shape)
-                )
-                parts.append((path, shape, entry.dtype))
-            else:
-                parts.append((path, entry.mlx_key(event.signature.shapeless)))
-        keys.add(tuple(parts))
-    return len(keys)
+    """How many input shapes the traces seen would have with each varying axis padded."""
+    padded = set()
+    for shapes in traces.shape_sets:
+        padded.add(
+            tuple(
+                (path, _pad(path, shape, axes) if isinstance(shape, tuple) else shape)
+                for path, shape in shapes
+            )
+        )
+    return len(padded)
+
+
+def _pad(
+    path: str, shape: tuple[int, ...], axes: dict[tuple[str, int], set[int]]
+) -> tuple[int, ...]:
+    return tuple(_bucket(size) if (path, axis) in axes else size for axis, size in enumerate(shape))
 
 
 def _sizes_text(sizes: Sequence[int]) -> str:
@@ -694,7 +780,8 @@ class RecompileObserver(Observer):
         transform = instrument.current_transform()
         call = None if transform else sum(r.calls for r in traces.records)
         new_object_at = _compiled_at(record.fn) if new_object else None
-        event = traces.add(signature, call, record, new_object_at, transform)
+        site = _user_call_site() if transform else ""
+        event = traces.add(signature, call, record, new_object_at, transform, site)
         if _in_library(record.fn):
             traces.called_from = _user_call_site()
         data = event.as_dict(traces)
@@ -833,8 +920,11 @@ class RecompileObserver(Observer):
         new_object = bool(traces.events) and not traces.signatures_of(body)
         new_object_at = f"{_short_path(site[0])}:{site[1]}" if new_object else None
         transform = instrument.current_transform()
-        event = traces.add(signature, None, body, new_object_at, transform)
-        traces.called_from = _user_call_site()
+        caller = _user_call_site()
+        event = traces.add(
+            signature, None, body, new_object_at, transform, caller if transform else ""
+        )
+        traces.called_from = caller
         message = self._judge(_Pending(key, traces, event, {}, shapeless, len(traces.events)))
         if message is not None:
             raise RecompileError(message)

@@ -212,9 +212,9 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "max_shapes",
         "--mlx-max-shapes",
-        "Under the auto budget, how many distinct signatures (shapes, dtypes, Python values) "
-        "one compiled function may trace per test variant before it is a retrace storm (MLX "
-        "keeps every graph); 0 = no limit (default: 8)",
+        "Under the auto budget, how many distinct input shapes (or values of one Python "
+        "argument) one compiled function may trace per test variant before it is a retrace "
+        "storm (MLX keeps every graph); 0 = no limit (default: 8)",
         parse_count,
         8,
         metavar="N",

@@ -545,18 +545,19 @@ def test_a_compiled_loss_traced_on_every_call_under_mx_grad_fails_with_the_fix(p
     result.stdout.fnmatch_lines(
         [
             ">*grad(mx.ones(2), mx.ones(2))",
-            "E*RecompileError: loss [[]compiled[]] trace 2 retraced: called under mx.grad, which "
+            "E*RecompileError: loss [[]compiled[]] trace 3 retraced: called under mx.grad, which "
             "traces compiled functions every call",
             "E*budget: auto (the default, --mlx-max-recompiles=auto): tracing on every call under "
-            "mx.grad fails",
+            "mx.grad fails: 3 traces with this signature from test_*.py:10",
             "E*    1     -  first trace: arg 0 'w' array (2,) float32, arg 1 'x' array (2,) float32",
             "E*    2     -  called under mx.grad, which traces compiled functions every call",
+            "E*    3     -  called under mx.grad, which traces compiled functions every call",
             "E*why: MLX runs a compiled function's Python body again on every call made under "
             "mx.grad (the cache is not used inside transformations), so loss is compiled from "
             "scratch on every step",
             "E*fix: compile the transformed function instead, e.g. "
-            "mx.compile(mx.value_and_grad(loss)) or mx.compile(mx.grad(loss)): it traces once "
-            "and is reused",
+            "mx.compile(mx.value_and_grad(loss)) or mx.compile(mx.grad(loss)), or compile the "
+            "whole step that calls it: it traces once and is reused",
         ]
     )
 
@@ -565,13 +566,19 @@ def test_a_compiled_loss_traced_on_every_call_under_mx_grad_fails_with_the_fix(p
     "body",
     [
         "mx.grad(loss)(mx.ones(2), mx.ones(2))",
+        # MLX's test_compile.py: one call per transformation, each from its own line
+        "mx.vjp(loss, (mx.ones(2), mx.ones(2)), (mx.array(1.0),))\n"
+        "            mx.jvp(loss, (mx.ones(2), mx.ones(2)), (mx.ones(2), mx.ones(2)))\n"
+        "            mx.vmap(loss)(mx.ones((3, 2)), mx.ones((3, 2)))\n"
+        "            mx.vmap(loss, in_axes=(0, 1))(mx.ones((3, 2)), mx.ones((2, 3)))\n"
+        "            mx.vmap(loss, in_axes=(1, 0))(mx.ones((2, 3)), mx.ones((3, 2)))",
         "step = mx.compile(mx.value_and_grad(loss))\n"
         "            for _ in range(3):\n"
         "                step(mx.ones(2), mx.ones(2))",
     ],
-    ids=["one-call-under-grad", "compiled-value-and-grad"],
+    ids=["one-call-under-grad", "one-call-per-transformation", "compiled-value-and-grad"],
 )
-def test_one_call_under_mx_grad_and_a_compiled_value_and_grad_pass(pytester, run, body):
+def test_one_call_per_transformation_and_a_compiled_value_and_grad_pass(pytester, run, body):
     pytester.makepyfile(
         f"""
         import mlx.core as mx
@@ -772,8 +779,8 @@ def test_ten_sequence_lengths_fail_under_auto_listing_the_shapes_and_suggesting_
             ">*encode(mx.ones((n, 16)))",
             "E*RecompileError: encode [[]compiled[]] call 9 retraced: "
             "arg 0 'x' shape (12, 16) -> (13, 16)",
-            "E*budget: auto (the default, --mlx-max-recompiles=auto): more than 8 distinct "
-            "signatures (--mlx-max-shapes=8) fails: this is signature 9",
+            "E*budget: auto (the default, --mlx-max-recompiles=auto): more than 8 distinct input "
+            "shapes (--mlx-max-shapes=8) fails: this is shape 9",
             "E*shapes seen for arg 0 'x': (5, 16), (6, 16), (7, 16), (8, 16), (9, 16), (10, 16), "
             "(11, 16), (12, 16), (13, 16)",
             "E*arg 0 'x' axis 0: 9 sizes 5..13",
@@ -813,8 +820,8 @@ def test_max_shapes_from_the_marker_wins_over_the_option(pytester, run):
         [
             "E*RecompileError: encode [[]compiled[]] call 4 retraced: "
             "arg 0 'x' shape (3, 16) -> (4, 16)",
-            "E*budget: auto (*): more than 3 distinct signatures "
-            "(@pytest.mark.compiled(max_shapes=3)) fails: this is signature 4",
+            "E*budget: auto (*): more than 3 distinct input shapes "
+            "(@pytest.mark.compiled(max_shapes=3)) fails: this is shape 4",
         ]
     )
 
@@ -1181,3 +1188,62 @@ def test_the_recompiles_section_counts_the_entries_it_leaves_out(pytester, run):
     assert section[0].endswith("traced 2 times in [compiled]")
     result = run("--mlx-compile-matrix", "--mlx-modes=compiled,shapeless", "-vv")
     assert len(_section(result, "recompiles")) == 12 * 2
+
+
+def test_a_sweep_of_a_few_shapes_dtypes_and_settings_passes_although_it_makes_twelve_graphs(
+    pytester, run
+):
+    # mlx-lm's test_all_models: many model configurations through one compiled helper
+    pytester.makepyfile(
+        """
+        import mlx.core as mx
+        import pytest
+
+        @mx.compile
+        def compute_dt(dt, limit):
+            return mx.clip(dt, limit[0], limit[1])
+
+        @pytest.mark.compiled
+        def test_all_models(mlx_recompiles):
+            for shape in [(1, 2, 8), (1, 1, 8), (2, 2, 8)]:
+                for dtype in [mx.float32, mx.float16]:
+                    for limit in [(0.0, 1.0), (0.001, 100.0)]:
+                        compute_dt(mx.ones(shape, dtype=dtype), limit)
+            assert mlx_recompiles.count(compute_dt) == 12
+        """
+    )
+    result = run()
+    result.assert_outcomes(passed=1)
+
+
+def test_nine_values_of_one_python_argument_fail_even_when_each_is_reused(pytester, run):
+    pytester.makepyfile(
+        """
+        import mlx.core as mx
+        import pytest
+
+        @mx.compile
+        def rope(x, offset):
+            return x + offset
+
+        @pytest.mark.compiled
+        def test_decode():
+            for offset in range(9):
+                rope(mx.ones(2), offset)
+                rope(mx.ones(2), offset)
+        """
+    )
+    result = run()
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "E*RecompileError: rope [[]compiled[]] call 17 retraced: arg 1 'offset' (int) 7 -> 8",
+            "E*budget: auto (*): more than 8 distinct values of arg 1 'offset' "
+            "(--mlx-max-shapes=8) fails: this is value 9",
+            "E*values seen for arg 1 'offset': 0, 1, 2, 3, 4, 5, 6, 7, 8",
+            "E*fix: pass the value as an mx.array: arrays are graph inputs, so one graph serves "
+            "every value; if it must stay Python (a slice bound, an axis), call with a few values; "
+            "or, if this many graphs is intended, raise the limit: "
+            "@pytest.mark.compiled(max_shapes=N) or --mlx-max-shapes",
+        ]
+    )
