@@ -56,7 +56,7 @@ def test_a_new_python_string_on_every_batch_fails_as_a_storm_naming_the_argument
 
         @pytest.mark.compiled
         def test_train():
-            for text in ["the", "cat", "sat", "on", "a", "mat"]:
+            for text in ["the", "cat", "sat", "on", "a", "mat", "and", "ran"]:
                 loss(mx.ones((4,)), text)
         """
     )
@@ -65,14 +65,15 @@ def test_a_new_python_string_on_every_batch_fails_as_a_storm_naming_the_argument
     result.stdout.fnmatch_lines(
         [
             ">*loss(mx.ones((4,)), text)",
-            "E*RecompileError: loss [[]compiled[]] call 5 retraced: arg 1 'text' (str) 'on' -> 'a'",
+            "E*RecompileError: loss [[]compiled[]] call 8 retraced: "
+            "arg 1 'text' (str) 'and' -> 'ran'",
             "E*where: loss defined at test_*.py:4, compiled at test_*.py:4",
-            "E*budget: auto (the default, --mlx-max-recompiles=auto): a Python constant new on 5 "
-            "of 5 calls (a counter, a per-call value) fails; a few values each reused pass",
+            "E*budget: auto (the default, --mlx-max-recompiles=auto): a Python constant new on 8 "
+            "of 8 calls (a counter, a per-call value) fails; a few values each reused pass",
             "E*trace  call  reason",
             "E*    1     1  first trace: arg 0 'x' array (4,) float32, arg 1 'text' str 'the'",
             "E*    2     2  arg 1 'text' (str) 'the' -> 'cat'",
-            "E*    5     5  arg 1 'text' (str) 'on' -> 'a'",
+            "E*    8     8  arg 1 'text' (str) 'and' -> 'ran'",
             "E*why: MLX bakes Python int/float/str arguments into the graph as constants, so every "
             "new value compiles a new graph, and MLX keeps each one (no eviction, mlx#4464)",
             "E*fix: keep strings out of the compiled function's arguments: work out what the graph "
@@ -103,13 +104,13 @@ def test_the_same_python_string_every_batch_passes(pytester, run):
 
 
 def test_an_int_offset_new_on_every_call_fails_naming_offset_old_and_new(pytester, run):
-    pytester.makepyfile(ROPE.replace("OFFSETS", "range(7, 13)"))
+    pytester.makepyfile(ROPE.replace("OFFSETS", "range(7, 16)"))
     result = run("--mlx-compile-matrix", "--mlx-modes=compiled")
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(
         [
-            "E*RecompileError: rope [[]compiled[]] call 5 retraced: arg 1 'offset' (int) 10 -> 11",
-            "E*budget: auto (*): a Python constant new on 5 of 5 calls (a counter, a per-call "
+            "E*RecompileError: rope [[]compiled[]] call 8 retraced: arg 1 'offset' (int) 13 -> 14",
+            "E*budget: auto (*): a Python constant new on 8 of 8 calls (a counter, a per-call "
             "value) fails; a few values each reused pass",
             "E*fix: pass the value as an mx.array (e.g. mx.array(offset)): arrays are graph "
             "inputs, so one graph serves every value; if it must stay Python (a slice bound, an "
@@ -118,9 +119,10 @@ def test_an_int_offset_new_on_every_call_fails_naming_offset_old_and_new(pyteste
     )
 
 
-def test_an_int_offset_tried_with_four_values_passes(pytester, run):
-    # Not enough calls to tell a counter from a few settings (STORM_CALLS = 5).
-    pytester.makepyfile(ROPE.replace("OFFSETS", "range(7, 11)"))
+def test_a_sweep_of_seven_calls_with_a_new_setting_on_nearly_each_passes(pytester, run):
+    # Not enough calls to tell a counter from a sweep of settings (STORM_CALLS = 8): mlx-lm's
+    # test_sample_utils tries top_p 0.3, 0.95, 0.4, 0.6, 0.95, 0.5
+    pytester.makepyfile(ROPE.replace("OFFSETS", "[0.3, 0.95, 0.4, 0.6, 0.95, 0.5, 0.1]"))
     result = run("--mlx-compile-matrix", "--mlx-modes=compiled")
     result.assert_outcomes(passed=1)
 
@@ -907,12 +909,12 @@ def test_a_top_k_new_on_every_call_fails_saying_it_sets_a_shape_and_suggesting_b
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(
         [
-            "E*RecompileError: keep_top [[]compiled[]] call 5 retraced: arg 1 'k' (int) 4 -> 5",
-            "E*budget: auto (*): a Python constant new on 5 of 5 calls (a counter, a per-call "
+            "E*RecompileError: keep_top [[]compiled[]] call 8 retraced: arg 1 'k' (int) 7 -> 8",
+            "E*budget: auto (*): a Python constant new on 8 of 8 calls (a counter, a per-call "
             "value) fails; a few values each reused pass",
             "E*why: MLX bakes Python int/float/str arguments into the graph as constants, so every "
             "new value compiles a new graph, and MLX keeps each one (no eviction, mlx#4464); "
-            "arg 1 'k' sets a shape (output shape (4,) -> (5,)), so it must stay a Python value: "
+            "arg 1 'k' sets a shape (output shape (7,) -> (8,)), so it must stay a Python value: "
             "an mx.array cannot",
             "E*fix: call with a few values, each reused (round up to buckets such as "
             "[[]1, 2, 4, 8[]]), or accept the retraces with @pytest.mark.compiled(max_recompiles=N)",
@@ -1125,7 +1127,7 @@ SUMMARY = """
 
     @pytest.mark.compiled
     def test_counter():
-        for offset in range(5):
+        for offset in range(8):
             rope(mx.ones(2), offset)
 """
 
@@ -1136,12 +1138,15 @@ def test_the_recompiles_section_lists_only_failures_at_default_verbosity(pyteste
     result.assert_outcomes(passed=2, failed=2)
     name = "test_the_recompiles_section_lists_only_failures_at_default_verbosity.py"
     assert _section(result, "recompiles") == [
-        f"{name}::test_counter: rope ({name}:8) traced 5 times in [compiled] (over budget), "
-        "5 in [shapeless] (over budget)",
+        f"{name}::test_counter: rope ({name}:8) traced 8 times in [compiled] (over budget), "
+        "8 in [shapeless] (over budget)",
         "  trace 2 (call 2): arg 1 'offset' (int) 0 -> 1",
         "  trace 3 (call 3): arg 1 'offset' (int) 1 -> 2",
         "  trace 4 (call 4): arg 1 'offset' (int) 2 -> 3",
         "  trace 5 (call 5): arg 1 'offset' (int) 3 -> 4",
+        "  trace 6 (call 6): arg 1 'offset' (int) 4 -> 5",
+        "  trace 7 (call 7): arg 1 'offset' (int) 5 -> 6",
+        "  ... 1 more",
     ]
 
 
@@ -1151,12 +1156,15 @@ def test_the_recompiles_section_lists_every_retrace_grouped_by_function_with_v(p
     result.assert_outcomes(passed=2, failed=2)
     name = "test_the_recompiles_section_lists_every_retrace_grouped_by_function_with_v.py"
     assert _section(result, "recompiles") == [
-        f"{name}::test_counter: rope ({name}:8) traced 5 times in [compiled] (over budget), "
-        "5 in [shapeless] (over budget)",
+        f"{name}::test_counter: rope ({name}:8) traced 8 times in [compiled] (over budget), "
+        "8 in [shapeless] (over budget)",
         "  trace 2 (call 2): arg 1 'offset' (int) 0 -> 1",
         "  trace 3 (call 3): arg 1 'offset' (int) 1 -> 2",
         "  trace 4 (call 4): arg 1 'offset' (int) 2 -> 3",
         "  trace 5 (call 5): arg 1 'offset' (int) 3 -> 4",
+        "  trace 6 (call 6): arg 1 'offset' (int) 4 -> 5",
+        "  trace 7 (call 7): arg 1 'offset' (int) 5 -> 6",
+        "  ... 1 more",
         f"{name}::test_lengths: encode ({name}:4) traced 3 times in [compiled]",
         "  trace 2 (call 2): arg 0 'x' shape (1, 4) -> (2, 4)",
         "  trace 3 (call 3): arg 0 'x' shape (2, 4) -> (3, 4)",
