@@ -1255,3 +1255,32 @@ def test_nine_values_of_one_python_argument_fail_even_when_each_is_reused(pytest
             "@pytest.mark.compiled(max_shapes=N) or --mlx-max-shapes",
         ]
     )
+
+
+def test_max_recompiles_under_mx_compile_shows_the_bodys_own_error_on_a_retrace(pytester):
+    script = pytester.makepyfile(
+        """
+        import mlx.core as mx
+        from pytest_mlxcompile import max_recompiles
+
+        @mx.compile
+        @max_recompiles(0)
+        def check(x, flag):
+            if flag:
+                raise KeyError("the user's own error")
+            return x
+
+        check(mx.ones(2), False)
+        check(mx.ones(2), True)
+        """
+    )
+    result = pytester.runpython(script)
+    assert result.ret == 1
+    lines = ['KeyError: "the user\'s own error"']
+    if sys.version_info >= (3, 11):  # exception notes
+        lines.append(
+            "pytest-mlxcompile: this call also retraced over budget (check trace 2 retraced: "
+            "arg 1 'flag' (bool) False -> True)"
+        )
+    result.stderr.fnmatch_lines(lines)
+    result.stderr.no_fnmatch_line("*RecompileError*")
