@@ -16,6 +16,7 @@ import sys
 import threading
 import weakref
 from collections.abc import Callable, Iterator, Sequence
+from types import FrameType
 from typing import Any
 
 from pytest_mlxcompile import _mlx, locations
@@ -176,7 +177,7 @@ def instrumented_compile(
     return compiled
 
 
-def _owner_ref(frame: Any) -> weakref.ref[Any] | None:
+def _owner_ref(frame: FrameType) -> weakref.ref[Any] | None:
     """A weak reference to ``self`` of the method that called ``mx.compile``: a function compiled
     per instance (in ``__init__``) is one function per object, not a per-call compile."""
     if "self" not in frame.f_code.co_varnames:

@@ -320,5 +320,6 @@ def mlx_compile() -> Callable[..., Any]:
 @pytest.fixture
 def mlx_recompiles(request: pytest.FixtureRequest) -> recompiles.RecompileCounter:
     """Trace counts and histories of compiled functions in this test variant, and budgets:
-    ``mlx_recompiles.count(fn)``, ``.history(fn)``, ``with mlx_recompiles.budget(n, fn=None):``."""
+    ``mlx_recompiles.count(fn)``, ``.history(fn)``, ``with mlx_recompiles.budget(n, fn=None):``,
+    ``with mlx_recompiles.allow():`` (accept retraces of code you cannot change)."""
     return recompiles.RecompileCounter(request.node.stash.get(run_key, None))

@@ -773,7 +773,7 @@ _SKIPPED_PARTS = ("site-packages", "dist-packages")
 
 def _user_call_site() -> str:
     """``file:line`` of the innermost frame in the user's code (not MLX, not a library, not us)."""
-    here = os.path.dirname(__file__)
+    here = os.path.dirname(__file__) + os.sep
     mlx_dir = os.path.dirname(str(_mlx.core().__file__)) + os.sep
     frame: FrameType | None = sys._getframe(1)
     while frame is not None:
