@@ -1284,3 +1284,36 @@ def test_max_recompiles_under_mx_compile_shows_the_bodys_own_error_on_a_retrace(
         )
     result.stderr.fnmatch_lines(lines)
     result.stderr.no_fnmatch_line("*RecompileError*")
+
+
+def test_a_compile_per_call_in_an_installed_package_is_reported_at_the_users_call(pytester, run):
+    pytester.mkdir("site-packages")
+    pytester.path.joinpath("site-packages", "fakelib.py").write_text(
+        "import mlx.core as mx\n\n\ndef scaled(x):\n    return mx.compile(lambda y: y * 2)(x)\n"
+    )
+    pytester.makeini("[pytest]\npythonpath = site-packages\n")
+    pytester.makepyfile(
+        """
+        import mlx.core as mx
+        import pytest
+        from fakelib import scaled
+
+        @pytest.mark.compiled
+        def test_steps():
+            for _ in range(2):
+                scaled(mx.ones(3))
+        """
+    )
+    result = run()
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "E*RecompileError: scaled.<locals>.<lambda> [[]compiled[]] call 2 retraced: new "
+            "function object compiled from the same code at site-packages/fakelib.py:5 "
+            "(mx.compile called inside a loop or a function?)",
+            "E*where: scaled.<locals>.<lambda> defined at site-packages/fakelib.py:5 (library "
+            "code), called from test_*.py:8",
+            "E*fix: the mx.compile is in library code: if you cannot change it, accept its "
+            "retraces in the test with `with mlx_recompiles.allow(): ...`*",
+        ]
+    )
