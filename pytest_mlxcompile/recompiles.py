@@ -856,6 +856,8 @@ def summary_entries(records: Iterable[tuple[str, dict[str, Any]]]) -> list[dict[
     for nodeid, record in records:
         mode = str(record.get("mode") or "")
         test = _without_mode(nodeid, mode)
+        if test == nodeid:
+            mode = ""  # not a matrix variant: the test's only run, its mode implied
         for function in record.get("functions", ()):
             events = function.get("recompiles") or []
             if len(events) < 2:
@@ -888,9 +890,11 @@ def _event_text(event: dict[str, Any]) -> str:
     return f"trace {event['trace']}{call}: {'; '.join(event['reasons'])}"
 
 
-def summary_lines(entries: Sequence[dict[str, Any]], verbosity: int = 0) -> list[str]:
-    """The "recompiles" section: the retraces that failed a budget, or with ``-v`` every
-    function that retraced (``-vv``: no limit on how many), most traces first."""
+def summary_lines(entries: Sequence[dict[str, Any]], verbosity: int = 1) -> list[str]:
+    """The "recompiles" section, most traces first: at ``verbosity`` 0 or less (pytest's
+    default, ``-q``) the retraces that failed a budget; at 1 (``-v``, and the default here, for a
+    report of a saved run) every function that retraced; at 2 (``-vv``) with no limit on how
+    many."""
     shown = []
     for entry in entries:
         modes = {

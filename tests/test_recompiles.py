@@ -562,6 +562,14 @@ def test_a_compiled_loss_traced_on_every_call_under_mx_grad_fails_with_the_fix(p
             "whole step that calls it: it traces once and is reused",
         ]
     )
+    # not a matrix variant: the section names no mode
+    assert _section(result, "recompiles") == [
+        "test_a_compiled_loss_traced_on_every_call_under_mx_grad_fails_with_the_fix.py::"
+        "test_train: loss (test_a_compiled_loss_traced_on_every_call_under_mx_grad_fails_with_"
+        "the_fix.py:3) traced 3 times (over budget)",
+        "  trace 2: called under mx.grad, which traces compiled functions every call",
+        "  trace 3: called under mx.grad, which traces compiled functions every call",
+    ]
 
 
 @pytest.mark.parametrize(
