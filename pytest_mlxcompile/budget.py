@@ -25,6 +25,7 @@ from pytest_mlxcompile.recompiles import (
     FunctionTraces,
     RecompileObserver,
     Rule,
+    TraceEvent,
     check_budget,
     function_key,
     observer_of,
@@ -165,25 +166,36 @@ class TraceCountingFunction:
         traces = self.traces
         signature = signature_of(args, kwargs, names=traces.names)
         event = traces.add(signature, len(traces.events) + 1, self, None)
-        if traces.retraces > self._budget.n:
-            why, fix = WHY_AND_FIX[event.kind]
-            if event.kind == "unknown":
-                why += "; or the function is not compiled (put @max_recompiles under @mx.compile)"
-            raise RecompileError(
-                "\n".join(
-                    [
-                        f"{traces.name} trace {event.trace} retraced: "
-                        f"{'; '.join(event.reason_texts)}",
-                        f"  where: {traces.name} defined at {traces.where}",
-                        f"  budget: {self._budget.n} retrace(s) after the first trace "
-                        f"({self._budget.source}): this is retrace {traces.retraces}",
-                        *traces.table(),
-                        f"  why: {why}",
-                        f"  fix: {fix}",
-                    ]
+        message = self._over_budget(traces, event) if traces.retraces > self._budget.n else None
+        try:
+            out = self._fun(*args, **kwargs)
+        except Exception as exc:
+            # The body's own error (a validation of the new value) is the one to show.
+            if message is not None and hasattr(exc, "add_note"):  # Python >= 3.11
+                exc.add_note(
+                    f"pytest-mlxcompile: this call also retraced over budget "
+                    f"({message.splitlines()[0]})"
                 )
-            )
-        return self._fun(*args, **kwargs)
+            raise
+        if message is not None:
+            raise RecompileError(message)
+        return out
+
+    def _over_budget(self, traces: FunctionTraces, event: TraceEvent) -> str:
+        why, fix = WHY_AND_FIX[event.kind]
+        if event.kind == "unknown":
+            why += "; or the function is not compiled (put @max_recompiles under @mx.compile)"
+        return "\n".join(
+            [
+                f"{traces.name} trace {event.trace} retraced: {'; '.join(event.reason_texts)}",
+                f"  where: {traces.name} defined at {traces.where}",
+                f"  budget: {self._budget.n} retrace(s) after the first trace "
+                f"({self._budget.source}): this is retrace {traces.retraces}",
+                *traces.table(),
+                f"  why: {why}",
+                f"  fix: {fix}",
+            ]
+        )
 
 
 def max_recompiles(n: int) -> RecompileBudget:

@@ -17,7 +17,9 @@ import sys
 import threading
 import types
 import warnings
+import weakref
 from collections.abc import Callable, Iterator, Sequence
+from types import FrameType
 from typing import Any
 
 from pytest_mlxcompile import _mlx, locations, shadow
@@ -178,14 +180,33 @@ def instrumented_compile(
     """Drop-in for ``mx.compile``: returns a function that follows the current test variant."""
     assert _patches is not None, "pytest-mlxcompile: instrumented_compile called while uninstalled"
     caller = sys._getframe(1)
-    # MLX's own compiled helpers (mlx.nn activations) are not the user's code under test.
+    # MLX's own compiled helpers (mlx.nn activations) are not the user's code under test: never
+    # mode-switched, but compiles made during a compiled variant are watched (their retraces
+    # are real cost: nn.Upsample(mode="cubic") compiles fresh helpers on every call).
     if caller.f_globals.get("__name__", "").startswith("mlx."):
+        run = _active
+        if run is not None and run.mode.compiles and not _tls.eager:
+            site = (caller.f_code.co_filename, caller.f_lineno)
+            for observer in run.observers:
+                fun = observer.library_compile(fun, bool(shapeless), site)
         return _patches.compile(fun, inputs, outputs, shapeless)  # type: ignore[no-any-return]
     compiled = InstrumentedFunction(fun, inputs, outputs, shapeless, _patches.compile)
     compiled.compiled_at = (caller.f_code.co_filename, caller.f_lineno)
     if compiled.where in (BUILT_IN, "<unknown>"):
         compiled.where = f"{locations.relative(caller.f_code.co_filename)}:{caller.f_lineno}"
+    compiled.compiled_by = _owner_ref(caller)
     return compiled
+
+
+def _owner_ref(frame: FrameType) -> weakref.ref[Any] | None:
+    """A weak reference to ``self`` of the method that called ``mx.compile``: a function compiled
+    per instance (in ``__init__``) is one function per object, not a per-call compile."""
+    if "self" not in frame.f_code.co_varnames:
+        return None
+    try:
+        return weakref.ref(frame.f_locals["self"])
+    except (KeyError, TypeError):  # deleted, or an object that takes no weak references
+        return None
 
 
 def activate(run: VariantRun | None) -> VariantRun | None:
@@ -274,6 +295,8 @@ class InstrumentedFunction:
         self.name, self.where = describe(fun)
         #: (file, line) of the ``mx.compile`` call, when it came through ``instrumented_compile``
         self.compiled_at: tuple[str, int] | None = None
+        #: ``self`` of the method that compiled it, when compiled inside one (weakly)
+        self.compiled_by: weakref.ref[Any] | None = None
         # what functools.wraps would copy, where the callable has it (an nn.Module has no name)
         self.__wrapped__ = fun
         self.__doc__ = getattr(fun, "__doc__", None)
@@ -356,6 +379,14 @@ class Observer:
 
     def finish(self, run: VariantRun) -> None:
         """The test variant is over (pass or fail)."""
+
+    def library_compile(
+        self, fun: Callable[..., Any], shapeless: bool, site: tuple[str, int]
+    ) -> Callable[..., Any]:
+        """MLX's own code (``site``: file, line) compiles ``fun`` during this variant: return
+        the callable to compile instead (it must behave as ``fun``), e.g. one that sees traces.
+        """
+        return fun
 
 
 class FunctionRecord:

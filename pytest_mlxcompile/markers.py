@@ -16,10 +16,13 @@ __all__ = ["MARKER", "MARKER_HELP", "CompiledMarker", "MarkerError", "from_item"
 MARKER = "compiled"
 MARKER_HELP = (
     "compiled(*, modes=None, rtol=None, atol=None, max_recompiles=None, parity=None, "
-    "timings=None): run the test with every mx.compile instrumented and checked against eager; "
+    "timings=None, max_shapes=None): run the test with every mx.compile instrumented and "
+    "checked against eager; "
     "with --mlx-compile-matrix once per mode ([eager], [compiled], [shapeless]). modes narrows the "
     "matrix; rtol/atol set parity tolerances; max_recompiles is an int or a dict per mode; parity "
-    "is 'all', 'first' or 'off'; timings=True times every compiled function the test calls."
+    "is 'all', 'first' or 'off'; timings=True times every compiled function the test calls; "
+    "max_shapes is how many distinct input shapes a function may trace under the auto budget "
+    "(0: no limit)."
 )
 
 
@@ -35,6 +38,7 @@ class CompiledMarker:
     max_recompiles: int | str | dict[Mode, int] | None = None
     parity: str | None = None
     timings: bool | None = None
+    max_shapes: int | None = None
 
     @classmethod
     def from_mark(cls, mark: pytest.Mark, test: str) -> CompiledMarker:
@@ -112,6 +116,7 @@ _VALIDATORS = {
     "max_recompiles": _max_recompiles,
     "parity": _parity,
     "timings": _timings,
+    "max_shapes": _budget,
 }
 
 

@@ -256,9 +256,8 @@ def _tolerance_hook(item: pytest.Item) -> Callable[..., tuple[float, float] | No
 
 
 def _recompile_observer(item: pytest.Item, plan: variants.VariantPlan) -> instrument.Observer:
-    rule = recompiles.budget_rule(
-        plan.marker, plan.mode, item.config.stash[settings_key].max_recompiles
-    )
+    chosen = item.config.stash[settings_key]
+    rule = recompiles.budget_rule(plan.marker, plan.mode, chosen.max_recompiles, chosen.max_shapes)
     return recompiles.RecompileObserver(
         plan.mode,
         rule,
@@ -416,7 +415,8 @@ def pytest_runtest_teardown(item: pytest.Item) -> Generator[None]:
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     config = terminalreporter.config
     collector = config.stash[collector_key]
-    lines = recompiles.summary_lines(recompiles.summary_entries(collector.records.items()))
+    entries = recompiles.summary_entries(collector.records.items())
+    lines = recompiles.summary_lines(entries, terminalreporter.verbosity)
     if lines:
         terminalreporter.write_sep("=", "recompiles")
         for line in lines:
@@ -554,5 +554,6 @@ def mlx_compile() -> Callable[..., Any]:
 @pytest.fixture
 def mlx_recompiles(request: pytest.FixtureRequest) -> recompiles.RecompileCounter:
     """Trace counts and histories of compiled functions in this test variant, and budgets:
-    ``mlx_recompiles.count(fn)``, ``.history(fn)``, ``with mlx_recompiles.budget(n, fn=None):``."""
+    ``mlx_recompiles.count(fn)``, ``.history(fn)``, ``with mlx_recompiles.budget(n, fn=None):``,
+    ``with mlx_recompiles.allow():`` (accept retraces of code you cannot change)."""
     return recompiles.RecompileCounter(request.node.stash.get(run_key, None))

@@ -1,8 +1,10 @@
-"""Recompile budgets: each compiled function's traces with reasons, the policy that fails a test
-on unexpected retraces, and the summary.
+"""Recompile budgets: each compiled function's traces with reasons, the budgets that fail a test
+on unexpected retraces (the ``auto`` policy's verdicts are in :mod:`pytest_mlxcompile.storms`),
+and the summary.
 
 A "function" is one piece of code compiled for one owner: every function object compiled from the
-same code (same ``__code__``, same bound ``self``, same captured non-array values) counts as one,
+same code (same ``__code__``, same bound ``self``, same captured non-array values, same ``self``
+of the method that called ``mx.compile``) counts as one,
 so ``mx.compile(lambda ...)`` inside a loop shows up as one function retracing on every call
 instead of many functions tracing once. Budgets count retraces after the first trace, per function,
 per test variant (never process-wide: chex's global counter fails parametrized tests that each
@@ -17,18 +19,22 @@ for functions traced with an int, bool, list or tuple as a top-level argument.
 from __future__ import annotations
 
 import functools
+import os
+import sys
 import threading
 import warnings
 from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from pytest_mlxcompile import _mlx, instrument, locations
-from pytest_mlxcompile.errors import RecompileError
+from pytest_mlxcompile.errors import MLXCompileError, RecompileError
 from pytest_mlxcompile.instrument import FunctionRecord, InstrumentedFunction, Observer, VariantRun
 from pytest_mlxcompile.modes import Mode
 from pytest_mlxcompile.signature import (
+    CONSTANTS,
     Entry,
     Reason,
     Signature,
@@ -36,6 +42,7 @@ from pytest_mlxcompile.signature import (
     parameter_names,
     signature_of,
 )
+from pytest_mlxcompile.storms import Verdict, auto_violation
 
 if TYPE_CHECKING:
     from pytest_mlxcompile.markers import CompiledMarker
@@ -54,6 +61,11 @@ __all__ = [
     "summary_lines",
 ]
 
+#: The input shapes of one trace: (argument path, shape, or rank when shapeless) per array.
+ShapeSet = tuple[tuple[str, "tuple[int, ...] | int"], ...]
+#: Distinct input shapes (and values of one Python argument) a function may trace per test
+#: variant under auto (torch's recompile limit is 8 per frame too).
+DEFAULT_MAX_SHAPES = 8
 #: How many rows of trace history an error or the summary shows.
 TABLE_ROWS = 12
 SUMMARY_FUNCTIONS = 10
@@ -138,6 +150,20 @@ class TraceEvent:
     call: int | None
     reasons: tuple[Reason, ...]
     signature: Signature
+    #: the transformation the call ran under ("grad"), "" outside any
+    transform: str = ""
+    #: where the transformed call came from (the user's file:line), under a transformation
+    transform_site: str = ""
+    #: traces so far with this signature, under this transformation, from this line: MLX
+    #: traces such calls every time, so a loop shows up as a count that keeps growing
+    transform_repeats: int = 0
+    #: the array shapes of this trace were never seen before in the variant
+    new_shapes: bool = False
+    #: argument paths whose Python value was never seen before in the variant
+    new_values: tuple[str, ...] = ()
+
+    def only(self, kind: str) -> bool:
+        return bool(self.reasons) and all(reason.kind == kind for reason in self.reasons)
 
     @property
     def reason_texts(self) -> list[str]:
@@ -173,6 +199,18 @@ class FunctionTraces:
         self.records: list[FunctionRecord] = []
         self._signatures: dict[int, list[Signature]] = {}  # id(record) -> its traced signatures
         self.ambiguous = False
+        #: MLX cache keys traced (one graph each); traces under a transformation, counted by
+        #: (cache key, transformation, call site)
+        self.keys: set[tuple[object, ...]] = set()
+        self.transform_keys: dict[tuple[object, ...], int] = {}
+        #: the array shapes of each trace, all arguments together (ranks when shapeless), and
+        #: the Python values seen per argument path: what the storm limit counts
+        self.shape_sets: set[ShapeSet] = set()
+        self.values: dict[str, set[tuple[str, object]]] = {}
+        #: shapes of the array outputs of each trace, by trace number
+        self.out_shapes: dict[int, tuple[tuple[int, ...], ...]] = {}
+        #: where the test called into the library that compiles this function (library code)
+        self.called_from: str | None = None
 
     @property
     def retraces(self) -> int:
@@ -185,12 +223,16 @@ class FunctionTraces:
         owner: object,
         new_object_at: str | None,
         transform: str = "",
+        transform_site: str = "",
     ) -> TraceEvent:
         """Record a trace; ``new_object_at`` is where a new object of this code was compiled,
-        ``transform`` the transformation the call ran under."""
+        ``transform`` the transformation the call ran under, called from ``transform_site``."""
+        key = signature.cache_key()
         if not self.events:
             reasons: tuple[Reason, ...] = ()
-        elif new_object_at is not None:
+        elif new_object_at is not None and key in self.keys:
+            # Only a waste when an earlier object's cache would have served this call: a new
+            # object per dtype (or per configuration) traces exactly as often as a hoisted one.
             text = (
                 f"new function object compiled from the same code at {new_object_at} "
                 "(mx.compile called inside a loop or a function?)"
@@ -204,11 +246,46 @@ class FunctionTraces:
                 found = [Reason("transform", text)]
             unknown = Reason("unknown", "no change in the arguments MLX keys its cache on")
             reasons = tuple(found) or (unknown,)
-        event = TraceEvent(len(self.events) + 1, call, reasons, signature)
+        shapes = _shape_set(signature)
+        new_shapes = shapes not in self.shape_sets
+        self.shape_sets.add(shapes)
+        new_values = []
+        for path, entry in signature.entries:
+            if entry.kind in CONSTANTS:
+                seen = self.values.setdefault(path, set())
+                if (entry.kind, entry.value) not in seen:
+                    seen.add((entry.kind, entry.value))
+                    new_values.append(path)
+        repeats = 0
+        if transform:
+            where = (key, transform, transform_site)
+            repeats = self.transform_keys[where] = self.transform_keys.get(where, 0) + 1
+        number = len(self.events) + 1
+        event = TraceEvent(
+            number,
+            call,
+            reasons,
+            signature,
+            transform,
+            transform_site,
+            repeats,
+            new_shapes=new_shapes,
+            new_values=tuple(new_values),
+        )
         self.events.append(event)
+        self.keys.add(key)
         self._signatures.setdefault(id(owner), []).append(signature)
         self.ambiguous = self.ambiguous or signature.ambiguous
         return event
+
+    @property
+    def distinct(self) -> int:
+        """How many graphs MLX keeps for this function: one per distinct signature."""
+        return len(self.keys)
+
+    def new_value_traces(self) -> int:
+        """Traces for a Python value never seen before (the first trace included)."""
+        return sum(1 for event in self.events if event.new_values)
 
     def signatures_of(self, owner: object) -> list[Signature]:
         return self._signatures.get(id(owner), [])
@@ -256,7 +333,11 @@ def function_key(fn: InstrumentedFunction) -> Hashable:
             cells.append(_identity(cell.cell_contents))
         except ValueError:  # an empty cell
             cells.append("empty")
-    return (code, id(owner), tuple(bound), tuple(cells))
+    # Compiled inside a method: one function per object (a model compiling its helper in
+    # __init__). The weak reference is the same object for one referent while it lives, and
+    # the record keeps it, so its id is never reused for another object within the test.
+    compiled_by = None if fn.compiled_by is None else id(fn.compiled_by)
+    return (code, id(owner), tuple(bound), tuple(cells), compiled_by)
 
 
 def _identity(value: object) -> Hashable:
@@ -266,6 +347,15 @@ def _identity(value: object) -> Hashable:
     if isinstance(value, _mlx.core().array):
         return "array"
     return id(value)
+
+
+def _shape_set(signature: Signature) -> ShapeSet:
+    """The input shapes of one trace (ranks only when shapeless: MLX keys on ndim there)."""
+    return tuple(
+        (path, len(entry.shape) if signature.shapeless else entry.shape)
+        for path, entry in signature.entries
+        if entry.kind == "array"
+    )
 
 
 # budgets -----------------------------------------------------------------------------------------
@@ -279,6 +369,10 @@ class Rule:
     counts: dict[Hashable, int] = field(default_factory=dict)
     #: for scoped budgets: only this function (as the user named it), or every function
     target: object = None
+    #: under auto: distinct input shapes, and values of one Python argument, allowed per
+    #: function (0 = no limit), and where the limit came from
+    max_shapes: int = DEFAULT_MAX_SHAPES
+    max_shapes_source: str = f"--mlx-max-shapes={DEFAULT_MAX_SHAPES}"
 
     def applies(self, key: Hashable) -> bool:
         return self.target is None or _key_matches(key, self.target)
@@ -289,22 +383,21 @@ class Rule:
         return f"{self.limit} retrace(s) after the first trace ({self.source})"
 
 
-def _auto_violation(event: TraceEvent, shapeless: bool) -> str | None:
-    """Why the auto budget rejects this retrace, or None when it is expected."""
-    kinds = {reason.kind for reason in event.reasons}
-    if "function" in kinds:
-        return "the same code compiled again through a new function object within one test"
-    if kinds == {"constant"}:
-        return "a retrace caused only by Python constants (int/float/str values)"
-    # A rank change retraces shapeless graphs too (MLX keys on ndim), so only same-rank shape
-    # changes are unexpected there.
-    if shapeless and kinds == {"shape"}:
-        return "a retrace caused only by shapes in [shapeless]"
-    return None
+def budget_rule(
+    marker: CompiledMarker, mode: Mode, setting: int | str, max_shapes: int = DEFAULT_MAX_SHAPES
+) -> Rule:
+    """The budget for a variant: marker (per mode) > --mlx-max-recompiles > auto; under auto,
+    the distinct-signature limit: marker ``max_shapes`` > --mlx-max-shapes."""
+    rule = _budget(marker, mode, setting)
+    if marker.max_shapes is not None:
+        rule.max_shapes = marker.max_shapes
+        rule.max_shapes_source = f"@pytest.mark.compiled(max_shapes={marker.max_shapes})"
+    else:
+        rule.max_shapes, rule.max_shapes_source = max_shapes, f"--mlx-max-shapes={max_shapes}"
+    return rule
 
 
-def budget_rule(marker: CompiledMarker, mode: Mode, setting: int | str) -> Rule:
-    """The budget for a variant: marker (per mode) > --mlx-max-recompiles > auto."""
+def _budget(marker: CompiledMarker, mode: Mode, setting: int | str) -> Rule:
     marked = marker.max_recompiles
     if isinstance(marked, dict):
         per_mode = {str(m): n for m, n in marked.items()}
@@ -350,6 +443,15 @@ class RecompileObserver(Observer):
         #: cannot be a True-for-1 or tuple-for-list reuse, so it skips the signature (~1 us)
         self._traced_types: set[tuple[int, Hashable]] = set()
         self._tracing = _Tracing()
+        #: the outermost call's trace, judged when the call returns
+        self._pending: _Pending | None = None
+        #: id(fun) -> (fun, its reporting body) for MLX's own compiles in this variant
+        self._library: dict[int, tuple[Callable[..., Any], Callable[..., Any]]] = {}
+        #: >0 inside ``mlx_recompiles.allow()``: the variant's budget does not fail
+        self.allowing = 0
+        #: the variant is over: library bodies compiled during it stop reporting
+        self._done = False
+        self._thread = threading.get_ident()
 
     # lookups ---------------------------------------------------------------------------------
     def traces_of(self, record: FunctionRecord) -> tuple[Hashable, FunctionTraces]:
@@ -400,21 +502,28 @@ class RecompileObserver(Observer):
             # outer trace, so this is the outer function's retrace, not this one's.
             return
         key, traces = self.traces_of(record)
+        shapeless = self.shapeless(record)
         signature = signature_of(
-            args,
-            kwargs,
-            names=traces.names,
-            inputs=record.fn.inputs,
-            shapeless=self.shapeless(record),
+            args, kwargs, names=traces.names, inputs=record.fn.inputs, shapeless=shapeless
         )
         new_object = bool(traces.events) and not traces.signatures_of(record)
         transform = instrument.current_transform()
         call = None if transform else sum(r.calls for r in traces.records)
         new_object_at = _compiled_at(record.fn) if new_object else None
-        event = traces.add(signature, call, record, new_object_at, transform)
-        record.extra.setdefault("recompiles", []).append(event.as_dict(traces))
+        site = _user_call_site() if transform else ""
+        event = traces.add(signature, call, record, new_object_at, transform, site)
+        if _in_library(record.fn):
+            traces.called_from = _user_call_site()
+        data = event.as_dict(traces)
+        record.extra.setdefault("recompiles", []).append(data)
         self._traced_types.add((id(record), _argument_types(args, kwargs)))
-        message = self._violation(key, traces, event, self.shapeless(record))
+        pending = _Pending(key, traces, event, data, shapeless, call or len(traces.events))
+        if call is not None:
+            # Judged when the call returns: the body runs first, so the user's own exception
+            # (a validation error on the new value) is the one the test sees.
+            self._pending = pending
+            return
+        message = self._judge(pending)
         if message is not None:
             stack.clear()
             raise RecompileError(message)
@@ -423,6 +532,11 @@ class RecompileObserver(Observer):
         self, record: FunctionRecord, args: tuple[Any, ...], kwargs: dict[str, Any], out: object
     ) -> None:
         stack = self._tracing.stack
+        if len(stack) == 1:
+            found = self._of_record.get(id(record))
+            if found is not None and found[1].events:
+                traces = found[1]
+                traces.out_shapes[traces.events[-1].trace] = _array_shapes(out)
         if stack:
             stack.pop()
 
@@ -431,6 +545,21 @@ class RecompileObserver(Observer):
     ) -> None:
         # An outermost call: nothing is being traced, whatever an earlier failed trace left.
         self._tracing.stack.clear()
+        self._pending = None
+
+    def call_failed(
+        self, record: FunctionRecord, args: tuple[Any, ...], kwargs: dict[str, Any], exc: Exception
+    ) -> None:
+        pending, self._pending = self._pending, None
+        if pending is None or isinstance(exc, MLXCompileError):
+            return
+        message = self._judge(pending)
+        if message is not None and hasattr(exc, "add_note"):  # Python >= 3.11
+            first = message.splitlines()[0]
+            exc.add_note(
+                f"pytest-mlxcompile: this call also retraced over budget ({first}); the "
+                "RecompileError is not raised because the call failed first"
+            )
 
     def after_call(
         self,
@@ -440,6 +569,12 @@ class RecompileObserver(Observer):
         out: object,
         traced: bool,
     ) -> None:
+        __tracebackhide__ = True
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            message = self._judge(pending)
+            if message is not None:
+                raise RecompileError(message)
         if traced or id(record) in self._warned:
             return
         found = self._of_record.get(id(record))
@@ -460,14 +595,91 @@ class RecompileObserver(Observer):
             self._warned.add(id(record))
             self._warn(message)
 
+    def finish(self, run: VariantRun) -> None:
+        self._done = True
+        self._library.clear()
+
+    # MLX's own compiles ----------------------------------------------------------------------
+    def library_compile(
+        self, fun: Callable[..., Any], shapeless: bool, site: tuple[str, int]
+    ) -> Callable[..., Any]:
+        """The callable to compile for a ``mx.compile(fun)`` made by MLX's own code during this
+        variant: ``fun`` behind a body that reports its traces (never mode-switched).
+
+        The same ``fun`` gets the same body, so compiles that MLX's cache shares stay shared.
+        """
+        found = self._library.get(id(fun))
+        if found is not None and found[0] is fun:
+            return found[1]
+        observer = self
+
+        def library_body(*args: Any, **kwargs: Any) -> Any:
+            __tracebackhide__ = True
+            observer._library_trace(library_body, fun, shapeless, site, args, kwargs)
+            return fun(*args, **kwargs)
+
+        self._library[id(fun)] = (fun, library_body)
+        return library_body
+
+    def _library_trace(
+        self,
+        body: object,
+        fun: Callable[..., Any],
+        shapeless: bool,
+        site: tuple[str, int],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> None:
+        __tracebackhide__ = True
+        if (
+            self._done
+            or self._tracing.stack
+            or instrument.running_eagerly()
+            or threading.get_ident() != self._thread
+        ):
+            # a later test, a trace of the user's own function (MLX inlines it), the eager
+            # shadow, or another thread (a data loader): not the test's own calls
+            return
+        key = ("library", _code_key(fun))
+        traces = self.functions.get(key)
+        if traces is None:
+            name, where = instrument.describe(fun)
+            names = parameter_names(fun)
+            traces = self.functions[key] = FunctionTraces(name, _short_path(where), names)
+        signature = signature_of(args, kwargs, names=traces.names, shapeless=shapeless)
+        new_object = bool(traces.events) and not traces.signatures_of(body)
+        new_object_at = f"{_short_path(site[0])}:{site[1]}" if new_object else None
+        transform = instrument.current_transform()
+        caller = _user_call_site()
+        event = traces.add(
+            signature, None, body, new_object_at, transform, caller if transform else ""
+        )
+        traces.called_from = caller
+        message = self._judge(_Pending(key, traces, event, {}, shapeless, len(traces.events)))
+        if message is not None:
+            raise RecompileError(message)
+
     # budgets ---------------------------------------------------------------------------------
+    def _judge(self, pending: _Pending) -> str | None:
+        message = self._violation(
+            pending.key, pending.traces, pending.event, pending.shapeless, pending.calls
+        )
+        if message is not None:
+            pending.data["failed"] = True
+        return message
+
     def _violation(
-        self, key: Hashable, traces: FunctionTraces, event: TraceEvent, shapeless: bool
+        self,
+        key: Hashable,
+        traces: FunctionTraces,
+        event: TraceEvent,
+        shapeless: bool,
+        calls: int,
     ) -> str | None:
         if event.trace == 1:
             return None
         rules: list[tuple[Rule, int]] = []
-        if self.rule is not None:
+        if self.rule is not None and not self.allowing:
             rules.append((self.rule, traces.retraces))
         if key in self.function_rules:
             rules.append((self.function_rules[key], traces.retraces))
@@ -477,28 +689,112 @@ class RecompileObserver(Observer):
                 rules.append((scope, scope.counts[key]))
         for rule, used in rules:
             if rule.limit == "auto":
-                why = _auto_violation(event, shapeless)
-                if why is not None:
-                    return self._message(traces, event, f"{rule.describe()}: {why} fails")
+                verdict = auto_violation(rule, traces, event, shapeless, calls)
+                if verdict is not None:
+                    return self._message(traces, event, verdict)
             elif isinstance(rule.limit, int) and used > rule.limit:
                 over = f"{rule.describe()}: this is retrace {used}"
-                return self._message(traces, event, over)
+                return self._message(traces, event, Verdict(over))
         return None
 
-    def _message(self, traces: FunctionTraces, event: TraceEvent, budget: str) -> str:
+    def _message(self, traces: FunctionTraces, event: TraceEvent, verdict: Verdict) -> str:
         mode = f" [{self.mode}]" if self.label != "standalone" else ""
         why, fix = WHY_AND_FIX[event.kind]
-        record = traces.records[-1]
+        if traces.called_from is not None:
+            where = (
+                f"  where: {traces.name} defined at {traces.where} (library code), called "
+                f"from {traces.called_from}"
+            )
+            fix = (
+                "the mx.compile is in library code: if you cannot change it, accept its "
+                "retraces in the test with `with mlx_recompiles.allow(): ...` "
+                f"(docs/recompiles.md); if you can: {verdict.fix or fix}"
+            )
+        else:
+            record = traces.records[-1]
+            where = (
+                f"  where: {traces.name} defined at {traces.where}, "
+                f"compiled at {_compiled_at(record.fn)}"
+            )
+            fix = verdict.fix or fix
         lines = [
             f"{traces.name}{mode} {_call_text(event)} retraced: {'; '.join(event.reason_texts)}",
-            f"  where: {traces.name} defined at {traces.where}, "
-            f"compiled at {_compiled_at(record.fn)}",
-            f"  budget: {budget}",
+            where,
+            f"  budget: {verdict.budget}",
+            *(f"  {detail}" for detail in verdict.details),
             *traces.table(),
-            f"  why: {why}",
+            f"  why: {verdict.why or why}",
             f"  fix: {fix}",
         ]
         return "\n".join(lines)
+
+
+@dataclass
+class _Pending:
+    """A trace whose verdict waits for its call to return."""
+
+    key: Hashable
+    traces: FunctionTraces
+    event: TraceEvent
+    #: the event's entry in ``FunctionRecord.extra["recompiles"]``: marked ``failed``
+    data: dict[str, Any]
+    shapeless: bool
+    calls: int
+
+
+def _array_shapes(out: object) -> tuple[tuple[int, ...], ...]:
+    """Shapes of the arrays in a traced call's output (tracers: shapes only, no evaluation)."""
+    array_type = _mlx.core().array
+    shapes: list[tuple[int, ...]] = []
+    stack = [out]
+    while stack and len(shapes) < 64:
+        item = stack.pop()
+        if isinstance(item, array_type):
+            shapes.append(tuple(item.shape))
+        elif isinstance(item, (list, tuple)):
+            stack.extend(reversed(item))
+        elif isinstance(item, dict):
+            stack.extend(reversed(list(item.values())))
+    return tuple(shapes)
+
+
+def _in_library(fn: InstrumentedFunction) -> bool:
+    """Compiled by an installed package (mlx-lm), not by the code under test."""
+    return fn.compiled_at is not None and any(part in fn.compiled_at[0] for part in _SKIPPED_PARTS)
+
+
+def _code_key(fun: object) -> Hashable:
+    code = getattr(fun, "__code__", None)
+    return code if code is not None else ("object", id(fun))
+
+
+_SKIPPED_PARTS = ("site-packages", "dist-packages")
+
+
+def _user_call_site() -> str:
+    """``file:line`` of the innermost frame in the user's code (not MLX, not a library, not us)."""
+    here = os.path.dirname(__file__) + os.sep
+    mlx_dir = os.path.dirname(str(_mlx.core().__file__)) + os.sep
+    frame: FrameType | None = sys._getframe(1)
+    while frame is not None:
+        filename = frame.f_code.co_filename
+        if not (
+            filename.startswith((here, mlx_dir))
+            or filename.startswith("<")
+            or any(part in filename for part in _SKIPPED_PARTS)
+        ):
+            return f"{locations.relative(filename)}:{frame.f_lineno}"
+        frame = frame.f_back
+    return "<unknown>"
+
+
+def _short_path(where: str) -> str:
+    """``mlx/nn/layers/upsample.py:174`` for a file inside site-packages."""
+    for part in ("site-packages", "dist-packages"):
+        marker = f"{part}{os.sep}"
+        if marker in where:
+            return where.split(marker, 1)[1]
+    return where
 
 
 def _argument_types(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Hashable:
@@ -550,27 +846,43 @@ def _warn_runtime(message: str) -> None:
 
 # summary -----------------------------------------------------------------------------------------
 def summary_entries(records: Iterable[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
-    """One entry per function that retraced, from the per-test records of the run.
+    """One entry per test and function that retraced, its modes grouped, from the run's records.
 
     Built from the records the controller holds (``report.Collector``), so the section is the
-    same under pytest-xdist as in a serial run.
+    same under pytest-xdist as in a serial run. Each entry: ``test`` (the node id without the
+    mode), ``function``, ``where``, and ``modes``: mode -> ``{"traces", "reasons", "failed"}``.
     """
-    entries = []
+    grouped: dict[tuple[str, str, str], dict[str, Any]] = {}
     for nodeid, record in records:
+        mode = str(record.get("mode") or "")
+        test = _without_mode(nodeid, mode)
+        if test == nodeid:
+            mode = ""  # not a matrix variant: the test's only run, its mode implied
         for function in record.get("functions", ()):
             events = function.get("recompiles") or []
             if len(events) < 2:
                 continue
-            entries.append(
-                {
-                    "test": nodeid,
-                    "function": function["function"],
-                    "where": function["where"],
-                    "traces": len(events),
-                    "reasons": [_event_text(event) for event in events[1:]],
-                }
+            key = (test, function["function"], function["where"])
+            entry = grouped.setdefault(
+                key,
+                {"test": test, "function": key[1], "where": key[2], "modes": {}},
             )
-    return entries
+            entry["modes"][mode] = {
+                "traces": len(events),
+                "reasons": [_event_text(event) for event in events[1:]],
+                "failed": any(event.get("failed") for event in events),
+            }
+    return list(grouped.values())
+
+
+def _without_mode(nodeid: str, mode: str) -> str:
+    """``test_x.py::test_a`` for ``test_x.py::test_a[compiled]``, ``test_b[1]`` for
+    ``test_b[1-compiled]``: the mode is the last id part (variants.parametrize)."""
+    if mode and nodeid.endswith(f"[{mode}]"):
+        return nodeid[: -len(mode) - 2]
+    if mode and nodeid.endswith(f"-{mode}]"):
+        return nodeid[: -len(mode) - 2] + "]"
+    return nodeid
 
 
 def _event_text(event: dict[str, Any]) -> str:
@@ -578,19 +890,50 @@ def _event_text(event: dict[str, Any]) -> str:
     return f"trace {event['trace']}{call}: {'; '.join(event['reasons'])}"
 
 
-def summary_lines(entries: Sequence[dict[str, Any]]) -> list[str]:
-    """The "recompiles" section: the functions with the most traces, and why they retraced."""
-    ranked = sorted(entries, key=lambda entry: -int(entry["traces"]))
+def summary_lines(entries: Sequence[dict[str, Any]], verbosity: int = 1) -> list[str]:
+    """The "recompiles" section, most traces first: at ``verbosity`` 0 or less (pytest's
+    default, ``-q``) the retraces that failed a budget; at 1 (``-v``, and the default here, for a
+    report of a saved run) every function that retraced; at 2 (``-vv``) with no limit on how
+    many."""
+    shown = []
+    for entry in entries:
+        modes = {
+            mode: data for mode, data in entry["modes"].items() if verbosity > 0 or data["failed"]
+        }
+        if modes:
+            shown.append({**entry, "modes": modes})
+    shown.sort(key=lambda entry: -max(int(m["traces"]) for m in entry["modes"].values()))
+    limit = len(shown) if verbosity > 1 else SUMMARY_FUNCTIONS
     lines: list[str] = []
-    for entry in ranked[:SUMMARY_FUNCTIONS]:
-        name = f"{entry['function']} ({entry['where']})"
-        lines.append(f"{entry['test']}: {name} traced {entry['traces']} times")
-        reasons = list(entry["reasons"])
-        lines.extend(f"  {reason}" for reason in reasons[:SUMMARY_REASONS])
+    for entry in shown[:limit]:
+        lines.extend(_entry_lines(entry))
+    rest = shown[limit:]
+    if rest:
+        functions = len({(entry["function"], entry["where"]) for entry in rest})
+        tests = len({entry["test"] for entry in rest})
+        lines.append(
+            f"... and {len(rest)} more: {functions} function(s) in {tests} test(s) (-vv shows all)"
+        )
+    return lines
+
+
+def _entry_lines(entry: dict[str, Any]) -> list[str]:
+    modes: dict[str, dict[str, Any]] = entry["modes"]
+    counts = []
+    for index, (mode, data) in enumerate(modes.items()):
+        times = f"{data['traces']} times" if index == 0 else str(data["traces"])
+        over = " (over budget)" if data["failed"] else ""
+        counts.append(f"{times} in [{mode}]{over}" if mode else f"{times}{over}")
+    lines = [f"{entry['test']}: {entry['function']} ({entry['where']}) traced {', '.join(counts)}"]
+    same = len({tuple(data["reasons"]) for data in modes.values()}) == 1
+    for mode, data in modes.items():
+        prefix = "" if same or not mode else f"[{mode}] "
+        reasons = list(data["reasons"])
+        lines.extend(f"  {prefix}{reason}" for reason in reasons[:SUMMARY_REASONS])
         if len(reasons) > SUMMARY_REASONS:
-            lines.append(f"  ... {len(reasons) - SUMMARY_REASONS} more")
-    if len(ranked) > SUMMARY_FUNCTIONS:
-        lines.append(f"... and {len(ranked) - SUMMARY_FUNCTIONS} more functions that retraced")
+            lines.append(f"  {prefix}... {len(reasons) - SUMMARY_REASONS} more")
+        if same:
+            break
     return lines
 
 
@@ -634,6 +977,23 @@ class RecompileCounter:
             yield
         finally:
             observer.scopes.remove(scope)
+
+    @contextmanager
+    def allow(self) -> Iterator[None]:
+        """Accept every retrace inside the block: recorded and listed with ``-v``, never failed
+        by the variant's budget (``mlx_recompiles.budget`` and ``max_recompiles`` still count).
+
+        For code the test cannot change: a library that compiles a new function on every call.
+        """
+        observer = self._observer
+        if observer is None:
+            yield
+            return
+        observer.allowing += 1
+        try:
+            yield
+        finally:
+            observer.allowing -= 1
 
 
 def _unwrap_budgeted(fn: object) -> object:

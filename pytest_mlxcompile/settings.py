@@ -166,6 +166,13 @@ def parse_budget(value: str, source: str) -> int | str:
     raise ValueError(f"{source}: {value!r} is not 'auto' or an int >= 0")
 
 
+def parse_count(value: str, source: str) -> int:
+    text = value.strip()
+    if text.isascii() and text.isdigit():
+        return int(text)
+    raise ValueError(f"{source}: {value!r} is not an int >= 0")
+
+
 @dataclass(frozen=True)
 class Option:
     field: str
@@ -245,6 +252,16 @@ OPTIONS: tuple[Option, ...] = (
         parse_budget,
         "auto",
         metavar="auto|N",
+    ),
+    Option(
+        "max_shapes",
+        "--mlx-max-shapes",
+        "Under the auto budget, how many distinct input shapes (or values of one Python "
+        "argument) one compiled function may trace per test variant before it is a retrace "
+        "storm (MLX keeps every graph); 0 = no limit (default: 8)",
+        parse_count,
+        8,
+        metavar="N",
     ),
     Option(
         "timings",
@@ -340,6 +357,7 @@ class Settings:
     rtol: float | None = None
     atol: float | None = None
     max_recompiles: int | str = "auto"
+    max_shapes: int = 8
     timings: bool = False
     timings_budget: float = 1.0
     report_json: str | None = None

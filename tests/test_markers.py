@@ -8,7 +8,8 @@ def test_the_marker_is_listed_with_its_full_signature(pytester, run):
     result.stdout.fnmatch_lines(
         [
             "@pytest.mark.compiled(*, modes=None, rtol=None, atol=None, max_recompiles=None, "
-            "parity=None, timings=None): run the test with every mx.compile instrumented*"
+            "parity=None, timings=None, max_shapes=None): run the test with every mx.compile "
+            "instrumented*"
         ]
     )
 
@@ -30,7 +31,7 @@ def test_a_typo_in_a_marker_keyword_is_a_collection_error_naming_test_and_keywor
         [
             "@pytest.mark.compiled on test_*.py::test_typo: unknown keyword 'max_recompile'; "
             "did you mean 'max_recompiles'? (accepted: modes, rtol, atol, max_recompiles, "
-            "parity, timings)"
+            "parity, timings, max_shapes)"
         ]
     )
     result.stdout.no_fnmatch_line("*INTERNALERROR*")

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import sys
 
 import pytest
 
@@ -29,13 +30,21 @@ LENGTHS = """
 
     @pytest.mark.compiled{marker}
     def test_lengths(mlx_recompiles, mlx_mode):
-        for n in range(1, 11):
+        for n in range(1, {count}):
             encode(mx.ones((n, 16)))
         print(f"{{mlx_mode}} traces: {{mlx_recompiles.count(encode)}}")
 """
 
 
-def test_a_new_python_string_each_batch_fails_naming_the_argument_and_two_values(pytester, run):
+def _section(result: pytest.RunResult, name: str) -> list[str]:
+    """The lines of a terminal summary section, without its header."""
+    lines = result.stdout.lines
+    start = next(i for i, line in enumerate(lines) if line.startswith("=") and f" {name} " in line)
+    end = next(i for i in range(start + 1, len(lines)) if lines[i].startswith("="))
+    return lines[start + 1 : end]
+
+
+def test_a_new_python_string_on_every_batch_fails_as_a_storm_naming_the_argument(pytester, run):
     pytester.makepyfile(
         """
         import mlx.core as mx
@@ -47,7 +56,7 @@ def test_a_new_python_string_each_batch_fails_naming_the_argument_and_two_values
 
         @pytest.mark.compiled
         def test_train():
-            for text in ["the", "cat", "sat"]:
+            for text in ["the", "cat", "sat", "on", "a", "mat", "and", "ran"]:
                 loss(mx.ones((4,)), text)
         """
     )
@@ -56,16 +65,19 @@ def test_a_new_python_string_each_batch_fails_naming_the_argument_and_two_values
     result.stdout.fnmatch_lines(
         [
             ">*loss(mx.ones((4,)), text)",
-            "E*RecompileError: loss [[]compiled[]] call 2 retraced: "
-            "arg 1 'text' (str) 'the' -> 'cat'",
+            "E*RecompileError: loss [[]compiled[]] call 8 retraced: "
+            "arg 1 'text' (str) 'and' -> 'ran'",
             "E*where: loss defined at test_*.py:4, compiled at test_*.py:4",
-            "E*budget: auto (the default, --mlx-max-recompiles=auto): a retrace caused only by "
-            "Python constants (int/float/str values) fails",
+            "E*budget: auto (the default, --mlx-max-recompiles=auto): a Python constant new on 8 "
+            "of 8 calls (a counter, a per-call value) fails; a few values each reused pass",
             "E*trace  call  reason",
             "E*    1     1  first trace: arg 0 'x' array (4,) float32, arg 1 'text' str 'the'",
             "E*    2     2  arg 1 'text' (str) 'the' -> 'cat'",
-            "E*why: MLX bakes Python int/float/str arguments into the graph as constants*",
-            "E*fix: pass the value as an mx.array (e.g. mx.array(offset))*",
+            "E*    8     8  arg 1 'text' (str) 'and' -> 'ran'",
+            "E*why: MLX bakes Python int/float/str arguments into the graph as constants, so every "
+            "new value compiles a new graph, and MLX keeps each one (no eviction, mlx#4464)",
+            "E*fix: keep strings out of the compiled function's arguments: work out what the graph "
+            "needs from the string before the call and pass that as an mx.array",
         ]
     )
 
@@ -91,16 +103,28 @@ def test_the_same_python_string_every_batch_passes(pytester, run):
     result.stdout.no_fnmatch_line("*recompiles*")
 
 
-def test_a_growing_int_offset_fails_naming_offset_old_and_new(pytester, run):
-    pytester.makepyfile(ROPE.replace("OFFSETS", "[7, 8, 9]"))
+def test_an_int_offset_new_on_every_call_fails_naming_offset_old_and_new(pytester, run):
+    pytester.makepyfile(ROPE.replace("OFFSETS", "range(7, 16)"))
     result = run("--mlx-compile-matrix", "--mlx-modes=compiled")
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(
         [
-            "E*RecompileError: rope [[]compiled[]] call 2 retraced: arg 1 'offset' (int) 7 -> 8",
-            "E*fix: pass the value as an mx.array*",
+            "E*RecompileError: rope [[]compiled[]] call 8 retraced: arg 1 'offset' (int) 13 -> 14",
+            "E*budget: auto (*): a Python constant new on 8 of 8 calls (a counter, a per-call "
+            "value) fails; a few values each reused pass",
+            "E*fix: pass the value as an mx.array (e.g. mx.array(offset)): arrays are graph "
+            "inputs, so one graph serves every value; if it must stay Python (a slice bound, an "
+            "axis), call with a few values each reused",
         ]
     )
+
+
+def test_a_sweep_of_seven_calls_with_a_new_setting_on_nearly_each_passes(pytester, run):
+    # Not enough calls to tell a counter from a sweep of settings (STORM_CALLS = 8): mlx-lm's
+    # test_sample_utils tries top_p 0.3, 0.95, 0.4, 0.6, 0.95, 0.5
+    pytester.makepyfile(ROPE.replace("OFFSETS", "[0.3, 0.95, 0.4, 0.6, 0.95, 0.5, 0.1]"))
+    result = run("--mlx-compile-matrix", "--mlx-modes=compiled")
+    result.assert_outcomes(passed=1)
 
 
 def test_an_offset_passed_as_an_mx_array_passes(pytester, run):
@@ -109,15 +133,15 @@ def test_an_offset_passed_as_an_mx_array_passes(pytester, run):
     result.assert_outcomes(passed=3)
 
 
-def test_ten_sequence_lengths_pass_in_compiled_and_are_listed_in_the_summary(pytester, run):
-    pytester.makepyfile(LENGTHS.format(marker=""))
-    result = run("--mlx-compile-matrix", "--mlx-modes=compiled", "-s")
+def test_six_sequence_lengths_pass_in_compiled_and_are_listed_in_the_summary_with_v(pytester, run):
+    pytester.makepyfile(LENGTHS.format(count=7, marker=""))
+    result = run("--mlx-compile-matrix", "--mlx-modes=compiled", "-s", "-v")
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(
         [
-            "*compiled traces: 10",
+            "*compiled traces: 6",
             "*= recompiles =*",
-            "test_*.py::test_lengths[[]compiled[]]: encode (test_*.py:4) traced 10 times",
+            "test_*.py::test_lengths: encode (test_*.py:4) traced 6 times in [[]compiled[]]",
             "  trace 2 (call 2): arg 0 'x' shape (1, 16) -> (2, 16)",
             "  trace 3 (call 3): arg 0 'x' shape (2, 16) -> (3, 16)",
         ]
@@ -125,20 +149,20 @@ def test_ten_sequence_lengths_pass_in_compiled_and_are_listed_in_the_summary(pyt
 
 
 def test_the_recompiles_section_is_the_same_under_xdist(pytester, run):
-    pytester.makepyfile(LENGTHS.format(marker=""))
-    result = run("--mlx-compile-matrix", "--mlx-modes=compiled", "-n", "2")
+    pytester.makepyfile(LENGTHS.format(count=7, marker=""))
+    result = run("--mlx-compile-matrix", "--mlx-modes=compiled", "-n", "2", "-v")
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(
         [
             "*= recompiles =*",
-            "test_*.py::test_lengths[[]compiled[]]: encode (test_*.py:4) traced 10 times",
+            "test_*.py::test_lengths: encode (test_*.py:4) traced 6 times in [[]compiled[]]",
             "  trace 2 (call 2): arg 0 'x' shape (1, 16) -> (2, 16)",
         ]
     )
 
 
 def test_ten_sequence_lengths_fail_with_a_budget_of_zero_showing_the_shape_reason(pytester, run):
-    pytester.makepyfile(LENGTHS.format(marker="(max_recompiles=0)"))
+    pytester.makepyfile(LENGTHS.format(count=11, marker="(max_recompiles=0)"))
     result = run("--mlx-compile-matrix", "--mlx-modes=compiled")
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(
@@ -154,14 +178,14 @@ def test_ten_sequence_lengths_fail_with_a_budget_of_zero_showing_the_shape_reaso
 
 
 def test_ten_sequence_lengths_trace_once_in_shapeless(pytester, run):
-    pytester.makepyfile(LENGTHS.format(marker="(max_recompiles=0)"))
+    pytester.makepyfile(LENGTHS.format(count=11, marker="(max_recompiles=0)"))
     result = run("--mlx-compile-matrix", "--mlx-modes=shapeless", "-s")
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(["*shapeless traces: 1"])
 
 
 def test_the_option_sets_the_budget_for_every_test(pytester, run):
-    pytester.makepyfile(LENGTHS.format(marker=""))
+    pytester.makepyfile(LENGTHS.format(count=11, marker=""))
     result = run("--mlx-max-recompiles=3")
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(
@@ -175,7 +199,7 @@ def test_the_option_sets_the_budget_for_every_test(pytester, run):
 
 
 def test_a_per_mode_marker_budget_applies_only_to_its_mode(pytester, run):
-    pytester.makepyfile(LENGTHS.format(marker='(max_recompiles={"compiled": 2})'))
+    pytester.makepyfile(LENGTHS.format(count=11, marker='(max_recompiles={"compiled": 2})'))
     result = run("--mlx-compile-matrix", "-v")
     result.assert_outcomes(passed=2, failed=1)
     result.stdout.fnmatch_lines(
@@ -189,7 +213,7 @@ def test_a_per_mode_marker_budget_applies_only_to_its_mode(pytester, run):
     )
 
 
-def test_a_new_rank_retraces_in_both_modes_and_is_listed_not_failed(pytester, run):
+def test_a_new_rank_retraces_in_both_modes_and_is_listed_once_with_v_not_failed(pytester, run):
     pytester.makepyfile(
         """
         import mlx.core as mx
@@ -205,15 +229,14 @@ def test_a_new_rank_retraces_in_both_modes_and_is_listed_not_failed(pytester, ru
             double(mx.ones((2, 4, 16)))
         """
     )
-    result = run("--mlx-compile-matrix", "--mlx-modes=compiled,shapeless")
+    result = run("--mlx-compile-matrix", "--mlx-modes=compiled,shapeless", "-v")
     result.assert_outcomes(passed=2)
-    result.stdout.fnmatch_lines(
-        [
-            "*= recompiles =*",
-            "test_*.py::test_ranks[[]compiled[]]: double (test_*.py:4) traced 2 times",
-            "  trace 2 (call 2): arg 0 'x' ndim 2 -> 3: shape (4, 16) -> (2, 4, 16)",
-        ]
-    )
+    assert _section(result, "recompiles") == [
+        "test_a_new_rank_retraces_in_both_modes_and_is_listed_once_with_v_not_failed.py::"
+        "test_ranks: double (test_a_new_rank_retraces_in_both_modes_and_is_listed_once_with_v_"
+        "not_failed.py:4) traced 2 times in [compiled], 2 in [shapeless]",
+        "  trace 2 (call 2): arg 0 'x' ndim 2 -> 3: shape (4, 16) -> (2, 4, 16)",
+    ]
 
 
 def test_a_lambda_compiled_inside_the_function_under_test_fails_naming_the_new_object(
@@ -504,7 +527,7 @@ def test_each_trace_is_recorded_as_plain_data_on_the_function_record():
     ]
 
 
-def test_a_compiled_loss_under_mx_grad_is_reported_as_tracing_on_every_call(pytester, run):
+def test_a_compiled_loss_traced_on_every_call_under_mx_grad_fails_with_the_fix(pytester, run):
     pytester.makepyfile(
         """
         import mlx.core as mx
@@ -520,14 +543,67 @@ def test_a_compiled_loss_under_mx_grad_is_reported_as_tracing_on_every_call(pyte
         """
     )
     result = run()
-    result.assert_outcomes(passed=1)
+    result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(
         [
-            "*= recompiles =*",
-            "test_*.py::test_train: loss (test_*.py:3) traced 3 times",
-            "  trace 2: called under mx.grad, which traces compiled functions every call",
+            ">*grad(mx.ones(2), mx.ones(2))",
+            "E*RecompileError: loss [[]compiled[]] trace 3 retraced: called under mx.grad, which "
+            "traces compiled functions every call",
+            "E*budget: auto (the default, --mlx-max-recompiles=auto): tracing on every call under "
+            "mx.grad fails: 3 traces with this signature from test_*.py:10",
+            "E*    1     -  first trace: arg 0 'w' array (2,) float32, arg 1 'x' array (2,) float32",
+            "E*    2     -  called under mx.grad, which traces compiled functions every call",
+            "E*    3     -  called under mx.grad, which traces compiled functions every call",
+            "E*why: MLX runs a compiled function's Python body again on every call made under "
+            "mx.grad (the cache is not used inside transformations), so loss is compiled from "
+            "scratch on every step",
+            "E*fix: compile the transformed function instead, e.g. "
+            "mx.compile(mx.value_and_grad(loss)) or mx.compile(mx.grad(loss)), or compile the "
+            "whole step that calls it: it traces once and is reused",
         ]
     )
+    # not a matrix variant: the section names no mode
+    assert _section(result, "recompiles") == [
+        "test_a_compiled_loss_traced_on_every_call_under_mx_grad_fails_with_the_fix.py::"
+        "test_train: loss (test_a_compiled_loss_traced_on_every_call_under_mx_grad_fails_with_"
+        "the_fix.py:3) traced 3 times (over budget)",
+        "  trace 2: called under mx.grad, which traces compiled functions every call",
+        "  trace 3: called under mx.grad, which traces compiled functions every call",
+    ]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        "mx.grad(loss)(mx.ones(2), mx.ones(2))",
+        # MLX's test_compile.py: one call per transformation, each from its own line
+        "mx.vjp(loss, (mx.ones(2), mx.ones(2)), (mx.array(1.0),))\n"
+        "            mx.jvp(loss, (mx.ones(2), mx.ones(2)), (mx.ones(2), mx.ones(2)))\n"
+        "            mx.vmap(loss)(mx.ones((3, 2)), mx.ones((3, 2)))\n"
+        "            mx.vmap(loss, in_axes=(0, 1))(mx.ones((3, 2)), mx.ones((2, 3)))\n"
+        "            mx.vmap(loss, in_axes=(1, 0))(mx.ones((2, 3)), mx.ones((3, 2)))",
+        "step = mx.compile(mx.value_and_grad(loss))\n"
+        "            for _ in range(3):\n"
+        "                step(mx.ones(2), mx.ones(2))",
+    ],
+    ids=["one-call-under-grad", "one-call-per-transformation", "compiled-value-and-grad"],
+)
+def test_one_call_per_transformation_and_a_compiled_value_and_grad_pass(pytester, run, body):
+    pytester.makepyfile(
+        f"""
+        import mlx.core as mx
+
+        @mx.compile
+        def loss(w, x):
+            return (w * x).sum()
+
+        def test_train(mlx_compile):
+            loss(mx.ones(2), mx.ones(2))
+            {body}
+        """
+    )
+    result = run()
+    result.assert_outcomes(passed=1)
 
 
 def _signature(*args, **kwargs):
@@ -685,3 +761,567 @@ def test_max_recompiles_under_mx_compile_counts_each_test_variant_on_its_own(pyt
         """
     )
     run("--mlx-compile-matrix").assert_outcomes(passed=6)
+
+
+# storms under auto -------------------------------------------------------------------------------
+def test_ten_sequence_lengths_fail_under_auto_listing_the_shapes_and_suggesting_buckets(
+    pytester, run
+):
+    pytester.makepyfile(
+        """
+        import mlx.core as mx
+        import pytest
+
+        @mx.compile
+        def encode(x):
+            return x * 2
+
+        @pytest.mark.compiled
+        def test_lengths():
+            for n in range(5, 15):
+                encode(mx.ones((n, 16)))
+        """
+    )
+    result = run()
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            ">*encode(mx.ones((n, 16)))",
+            "E*RecompileError: encode [[]compiled[]] call 9 retraced: "
+            "arg 0 'x' shape (12, 16) -> (13, 16)",
+            "E*budget: auto (the default, --mlx-max-recompiles=auto): more than 8 distinct input "
+            "shapes (--mlx-max-shapes=8) fails: this is shape 9",
+            "E*shapes seen for arg 0 'x': (5, 16), (6, 16), (7, 16), (8, 16), (9, 16), (10, 16), "
+            "(11, 16), (12, 16), (13, 16)",
+            "E*arg 0 'x' axis 0: 9 sizes 5..13",
+            "E*    9     9  arg 0 'x' shape (12, 16) -> (13, 16)",
+            "E*why: MLX keeps one graph per distinct signature and never evicts one (mlx#4464): "
+            "every new shape compiles a new graph and keeps it for the life of the process",
+            "E*fix: pad arg 0 'x' axis 0 to [[]8, 16[]] -> 2 traces; or compile with "
+            "shapeless=True if the function is shape-agnostic (the [[]shapeless[]] variant checks "
+            "it); or, if this many graphs is intended, raise the limit: "
+            "@pytest.mark.compiled(max_shapes=N) or --mlx-max-shapes",
+        ]
+    )
+
+
+@pytest.mark.parametrize(
+    ("marker", "args"),
+    [
+        ("(max_shapes=10)", []),
+        ("", ["--mlx-max-shapes=0"]),
+        ("", ["-o", "mlx_max_shapes=12"]),
+    ],
+    ids=["marker", "option-no-limit", "ini"],
+)
+def test_max_shapes_from_the_marker_option_or_ini_lets_ten_lengths_pass(
+    pytester, run, marker, args
+):
+    pytester.makepyfile(LENGTHS.format(count=11, marker=marker))
+    result = run("--mlx-compile-matrix", "--mlx-modes=compiled", *args)
+    result.assert_outcomes(passed=1)
+
+
+def test_max_shapes_from_the_marker_wins_over_the_option(pytester, run):
+    pytester.makepyfile(LENGTHS.format(count=11, marker="(max_shapes=3)"))
+    result = run("--mlx-compile-matrix", "--mlx-modes=compiled", "--mlx-max-shapes=0")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "E*RecompileError: encode [[]compiled[]] call 4 retraced: "
+            "arg 0 'x' shape (3, 16) -> (4, 16)",
+            "E*budget: auto (*): more than 3 distinct input shapes "
+            "(@pytest.mark.compiled(max_shapes=3)) fails: this is shape 4",
+        ]
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--mlx-max-shapes=many"], "--mlx-max-shapes: 'many' is not an int >= 0"),
+        (["-o", "mlx_max_shapes=-1"], "mlx_max_shapes = -1 (ini file): '-1' is not an int >= 0"),
+    ],
+)
+def test_a_bad_max_shapes_option_is_a_usage_error_naming_the_value(pytester, run, args, message):
+    pytester.makepyfile("def test_x(): pass")
+    result = run(*args)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"ERROR: pytest-mlxcompile: {message}"])
+
+
+def test_a_bad_max_shapes_marker_value_is_a_collection_error_naming_it(pytester, run):
+    pytester.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.compiled(max_shapes="lots")
+        def test_x():
+            pass
+        """
+    )
+    result = run()
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(
+        ["*@pytest.mark.compiled on *test_x: max_shapes='lots' must be an int >= 0*"]
+    )
+
+
+def test_a_few_shape_changes_pass_and_print_no_section_at_default_verbosity(pytester, run):
+    pytester.makepyfile(LENGTHS.format(count=4, marker=""))
+    result = run("--mlx-compile-matrix", "--mlx-modes=compiled")
+    result.assert_outcomes(passed=1)
+    result.stdout.no_fnmatch_line("*recompiles*")
+
+
+def test_a_python_int_that_never_changes_passes(pytester, run):
+    pytester.makepyfile(ROPE.replace("OFFSETS", "[7] * 8"))
+    result = run("--mlx-compile-matrix")
+    result.assert_outcomes(passed=3)
+
+
+# Python values that must stay Python -------------------------------------------------------------
+TOP_K = """
+    import mlx.core as mx
+    import pytest
+
+    @mx.compile
+    def keep_top(x, k: int):
+        if not isinstance(k, int) or not 0 < k <= x.shape[-1]:
+            raise ValueError(f"k must be an int in (0, {{x.shape[-1]}}]")
+        return mx.sort(x, axis=-1)[..., -k:]
+
+    @pytest.mark.compiled
+    def test_top_k():
+        x = mx.arange(16.0)
+        for k in {ks}:
+            assert keep_top(x, k).shape == (k,)
+"""
+
+
+@pytest.mark.parametrize(
+    "ks",
+    ["(1, 2)", "(1, 1, 1, 2, 2, 2)", "(1, 2, 1, 2, 1, 2, 1, 2)", "(1, 2, 3, 4, 1, 2, 3, 4)"],
+)
+def test_a_few_top_k_settings_each_reused_pass(pytester, run, ks):
+    pytester.makepyfile(TOP_K.format(ks=ks))
+    result = run("--mlx-compile-matrix", "--mlx-modes=compiled")
+    result.assert_outcomes(passed=1)
+
+
+def test_a_top_k_new_on_every_call_fails_saying_it_sets_a_shape_and_suggesting_buckets(
+    pytester, run
+):
+    pytester.makepyfile(TOP_K.format(ks="range(1, 9)"))
+    result = run()
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "E*RecompileError: keep_top [[]compiled[]] call 8 retraced: arg 1 'k' (int) 7 -> 8",
+            "E*budget: auto (*): a Python constant new on 8 of 8 calls (a counter, a per-call "
+            "value) fails; a few values each reused pass",
+            "E*why: MLX bakes Python int/float/str arguments into the graph as constants, so every "
+            "new value compiles a new graph, and MLX keeps each one (no eviction, mlx#4464); "
+            "arg 1 'k' sets a shape (output shape (7,) -> (8,)), so it must stay a Python value: "
+            "an mx.array cannot",
+            "E*fix: call with a few values, each reused (round up to buckets such as "
+            "[[]1, 2, 4, 8[]]), or accept the retraces with @pytest.mark.compiled(max_recompiles=N)",
+        ]
+    )
+    result.stdout.no_fnmatch_line("*mx.array(offset)*")
+
+
+# new function objects ----------------------------------------------------------------------------
+def test_compiling_the_same_code_per_dtype_or_per_configuration_passes(pytester, run):
+    # MLX's test_compile.py: each dtype is new, so a hoisted mx.compile traces as often
+    pytester.makepyfile(
+        """
+        import mlx.core as mx
+        import pytest
+
+        @pytest.mark.compiled
+        def test_per_dtype():
+            x = mx.array([0, 1, 2, 3])
+            for dtype in [mx.bool_, mx.int8, mx.uint8]:
+                x = x.astype(dtype)
+
+                def fn(x):
+                    return x * 1 + 0
+
+                assert mx.array_equal(mx.compile(fn)(x), fn(x))
+
+        @pytest.mark.compiled
+        def test_two_ways():
+            def mean(x):
+                return mx.mean(x, keepdims=True)
+
+            assert mx.allclose(mx.compile(mean)(mx.ones((5, 5))), mx.array(1.0))
+            assert mx.allclose(mx.compile(mean, shapeless=True)(mx.ones(2)), mx.array(1.0))
+        """
+    )
+    result = run()
+    result.assert_outcomes(passed=2)
+
+
+def test_two_model_instances_that_each_compile_a_helper_in_init_pass(pytester, run):
+    pytester.makepyfile(
+        """
+        import mlx.core as mx
+        import pytest
+
+        class Model:
+            def __init__(self, cap):
+                def _softcap(x):
+                    return mx.tanh(x / cap) * cap
+
+                self.softcap = mx.compile(_softcap, shapeless=True)
+
+        @pytest.mark.compiled
+        def test_two_models():
+            x = mx.ones((2, 3))
+            a = Model(30.0).softcap(x)
+            b = Model(30.0).softcap(x)
+            assert mx.array_equal(a, b)
+        """
+    )
+    result = run()
+    result.assert_outcomes(passed=1)
+
+
+def test_a_method_that_compiles_its_helper_on_every_call_fails(pytester, run):
+    pytester.makepyfile(
+        """
+        import mlx.core as mx
+        import pytest
+
+        class Model:
+            def __call__(self, x):
+                return mx.compile(self.scale)(x)
+
+            def scale(self, x):
+                return x * 2
+
+        @pytest.mark.compiled
+        def test_steps():
+            model = Model()
+            for _ in range(2):
+                model(mx.ones(3))
+        """
+    )
+    result = run()
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "E*RecompileError: Model.scale [[]compiled[]] call 2 retraced: new function object "
+            "compiled from the same code at test_*.py:6 (mx.compile called inside a loop or a "
+            "function?)",
+            "E*budget: auto (*): the same code compiled again through a new function object, "
+            "whose cache would have served this call, fails",
+        ]
+    )
+
+
+# MLX's own compiles ------------------------------------------------------------------------------
+UPSAMPLE = """
+    import mlx.core as mx
+    import mlx.nn as nn
+    import pytest
+
+    up = nn.Upsample(scale_factor=2, mode="cubic")
+
+    @pytest.mark.compiled
+    def test_upsample(mlx_recompiles):
+        x = mx.ones((1, 4, 4, 1))
+        {body}
+"""
+
+
+def test_nn_upsample_cubic_compiling_helpers_on_every_call_fails_at_the_users_call(pytester, run):
+    # Never evaluated: the trace is what counts, and no kernel is JIT-compiled.
+    pytester.makepyfile(UPSAMPLE.format(body="for _ in range(2):\n            up(x)"))
+    result = run()
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "E*RecompileError: _cubic_indices.<locals>._get_weight [[]compiled[]] trace 3 "
+            "retraced: new function object compiled from the same code at "
+            "mlx/nn/layers/upsample.py:* (mx.compile called inside a loop or a function?)",
+            "E*where: _cubic_indices.<locals>._get_weight defined at mlx/nn/layers/upsample.py:* "
+            "(library code), called from test_*.py:11",
+            "E*fix: the mx.compile is in library code: if you cannot change it, accept its "
+            "retraces in the test with `with mlx_recompiles.allow(): ...` (docs/recompiles.md); "
+            "if you can: hoist mx.compile out of the loop or function*",
+        ]
+    )
+
+
+def test_mlx_recompiles_allow_accepts_retraces_of_code_the_user_cannot_change(pytester, run):
+    body = "with mlx_recompiles.allow():\n            for _ in range(2):\n                up(x)"
+    pytester.makepyfile(UPSAMPLE.format(body=body))
+    result = run("--mlx-compile-matrix")
+    result.assert_outcomes(passed=3)
+
+
+def test_mlx_activations_compiled_once_by_mlx_pass(pytester, run):
+    pytester.makepyfile(
+        """
+        import mlx.core as mx
+        import mlx.nn as nn
+        import pytest
+
+        @pytest.mark.compiled
+        def test_gelu():
+            for n in (2, 3, 4):
+                for _ in range(3):
+                    nn.gelu(mx.ones(n))
+                    nn.silu(mx.ones(n))
+        """
+    )
+    result = run("--mlx-compile-matrix")
+    result.assert_outcomes(passed=3)
+
+
+# the user's own exception ------------------------------------------------------------------------
+def test_a_retrace_that_raises_the_users_own_error_shows_that_error_not_a_recompile_error(
+    pytester, run
+):
+    pytester.makepyfile(
+        """
+        import mlx.core as mx
+        import pytest
+
+        @mx.compile
+        def raises_on_second(x, flag):
+            if flag:
+                raise KeyError("the user's own error")
+            return x + 1
+
+        @pytest.mark.compiled(max_recompiles=0)
+        def test_user_exception_on_retrace():
+            raises_on_second(mx.ones((2,)), False)
+            raises_on_second(mx.ones((2,)), True)
+        """
+    )
+    result = run()
+    result.assert_outcomes(failed=1)
+    lines = ['>*raise KeyError("the user\'s own error")', 'E*KeyError: "the user\'s own error"']
+    if sys.version_info >= (3, 11):  # exception notes
+        lines.append(
+            "E*pytest-mlxcompile: this call also retraced over budget (raises_on_second "
+            "[[]compiled[]] call 2 retraced: arg 1 'flag' (bool) False -> True); the "
+            "RecompileError is not raised because the call failed first"
+        )
+    result.stdout.fnmatch_lines(lines)
+    result.stdout.no_fnmatch_line("*RecompileError: raises_on_second*")
+
+
+# the summary -------------------------------------------------------------------------------------
+SUMMARY = """
+    import mlx.core as mx
+    import pytest
+
+    @mx.compile
+    def encode(x):
+        return x * 2
+
+    @mx.compile
+    def rope(x, offset):
+        return x + offset
+
+    @pytest.mark.compiled
+    def test_lengths():
+        for n in (1, 2, 3):
+            encode(mx.ones((n, 4)))
+
+    @pytest.mark.compiled
+    def test_counter():
+        for offset in range(8):
+            rope(mx.ones(2), offset)
+"""
+
+
+def test_the_recompiles_section_lists_only_failures_at_default_verbosity(pytester, run):
+    pytester.makepyfile(SUMMARY)
+    result = run("--mlx-compile-matrix", "--mlx-modes=compiled,shapeless")
+    result.assert_outcomes(passed=2, failed=2)
+    name = "test_the_recompiles_section_lists_only_failures_at_default_verbosity.py"
+    assert _section(result, "recompiles") == [
+        f"{name}::test_counter: rope ({name}:8) traced 8 times in [compiled] (over budget), "
+        "8 in [shapeless] (over budget)",
+        "  trace 2 (call 2): arg 1 'offset' (int) 0 -> 1",
+        "  trace 3 (call 3): arg 1 'offset' (int) 1 -> 2",
+        "  trace 4 (call 4): arg 1 'offset' (int) 2 -> 3",
+        "  trace 5 (call 5): arg 1 'offset' (int) 3 -> 4",
+        "  trace 6 (call 6): arg 1 'offset' (int) 4 -> 5",
+        "  trace 7 (call 7): arg 1 'offset' (int) 5 -> 6",
+        "  ... 1 more",
+    ]
+
+
+def test_the_recompiles_section_lists_every_retrace_grouped_by_function_with_v(pytester, run):
+    pytester.makepyfile(SUMMARY)
+    result = run("--mlx-compile-matrix", "--mlx-modes=compiled,shapeless", "-v")
+    result.assert_outcomes(passed=2, failed=2)
+    name = "test_the_recompiles_section_lists_every_retrace_grouped_by_function_with_v.py"
+    assert _section(result, "recompiles") == [
+        f"{name}::test_counter: rope ({name}:8) traced 8 times in [compiled] (over budget), "
+        "8 in [shapeless] (over budget)",
+        "  trace 2 (call 2): arg 1 'offset' (int) 0 -> 1",
+        "  trace 3 (call 3): arg 1 'offset' (int) 1 -> 2",
+        "  trace 4 (call 4): arg 1 'offset' (int) 2 -> 3",
+        "  trace 5 (call 5): arg 1 'offset' (int) 3 -> 4",
+        "  trace 6 (call 6): arg 1 'offset' (int) 4 -> 5",
+        "  trace 7 (call 7): arg 1 'offset' (int) 5 -> 6",
+        "  ... 1 more",
+        f"{name}::test_lengths: encode ({name}:4) traced 3 times in [compiled]",
+        "  trace 2 (call 2): arg 0 'x' shape (1, 4) -> (2, 4)",
+        "  trace 3 (call 3): arg 0 'x' shape (2, 4) -> (3, 4)",
+    ]
+
+
+def test_the_recompiles_section_counts_the_entries_it_leaves_out(pytester, run):
+    pytester.makepyfile(
+        """
+        import mlx.core as mx
+        import pytest
+
+        @mx.compile
+        def encode(x):
+            return x * 2
+
+        @pytest.mark.parametrize("case", range(12))
+        @pytest.mark.compiled
+        def test_case(case):
+            encode(mx.ones(1))
+            encode(mx.ones(2))
+        """
+    )
+    result = run("--mlx-compile-matrix", "--mlx-modes=compiled,shapeless", "-v")
+    result.assert_outcomes(passed=24)
+    section = _section(result, "recompiles")
+    assert len(section) == 10 * 2 + 1
+    assert section[-1] == "... and 2 more: 1 function(s) in 2 test(s) (-vv shows all)"
+    assert section[0].endswith("traced 2 times in [compiled]")
+    result = run("--mlx-compile-matrix", "--mlx-modes=compiled,shapeless", "-vv")
+    assert len(_section(result, "recompiles")) == 12 * 2
+
+
+def test_a_sweep_of_a_few_shapes_dtypes_and_settings_passes_although_it_makes_twelve_graphs(
+    pytester, run
+):
+    # mlx-lm's test_all_models: many model configurations through one compiled helper
+    pytester.makepyfile(
+        """
+        import mlx.core as mx
+        import pytest
+
+        @mx.compile
+        def compute_dt(dt, limit):
+            return mx.clip(dt, limit[0], limit[1])
+
+        @pytest.mark.compiled
+        def test_all_models(mlx_recompiles):
+            for shape in [(1, 2, 8), (1, 1, 8), (2, 2, 8)]:
+                for dtype in [mx.float32, mx.float16]:
+                    for limit in [(0.0, 1.0), (0.001, 100.0)]:
+                        compute_dt(mx.ones(shape, dtype=dtype), limit)
+            assert mlx_recompiles.count(compute_dt) == 12
+        """
+    )
+    result = run()
+    result.assert_outcomes(passed=1)
+
+
+def test_nine_values_of_one_python_argument_fail_even_when_each_is_reused(pytester, run):
+    pytester.makepyfile(
+        """
+        import mlx.core as mx
+        import pytest
+
+        @mx.compile
+        def rope(x, offset):
+            return x + offset
+
+        @pytest.mark.compiled
+        def test_decode():
+            for offset in range(9):
+                rope(mx.ones(2), offset)
+                rope(mx.ones(2), offset)
+        """
+    )
+    result = run()
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "E*RecompileError: rope [[]compiled[]] call 17 retraced: arg 1 'offset' (int) 7 -> 8",
+            "E*budget: auto (*): more than 8 distinct values of arg 1 'offset' "
+            "(--mlx-max-shapes=8) fails: this is value 9",
+            "E*values seen for arg 1 'offset': 0, 1, 2, 3, 4, 5, 6, 7, 8",
+            "E*fix: pass the value as an mx.array: arrays are graph inputs, so one graph serves "
+            "every value; if it must stay Python (a slice bound, an axis), call with a few values; "
+            "or, if this many graphs is intended, raise the limit: "
+            "@pytest.mark.compiled(max_shapes=N) or --mlx-max-shapes",
+        ]
+    )
+
+
+def test_max_recompiles_under_mx_compile_shows_the_bodys_own_error_on_a_retrace(pytester):
+    script = pytester.makepyfile(
+        """
+        import mlx.core as mx
+        from pytest_mlxcompile import max_recompiles
+
+        @mx.compile
+        @max_recompiles(0)
+        def check(x, flag):
+            if flag:
+                raise KeyError("the user's own error")
+            return x
+
+        check(mx.ones(2), False)
+        check(mx.ones(2), True)
+        """
+    )
+    result = pytester.runpython(script)
+    assert result.ret == 1
+    lines = ['KeyError: "the user\'s own error"']
+    if sys.version_info >= (3, 11):  # exception notes
+        lines.append(
+            "pytest-mlxcompile: this call also retraced over budget (check trace 2 retraced: "
+            "arg 1 'flag' (bool) False -> True)"
+        )
+    result.stderr.fnmatch_lines(lines)
+    result.stderr.no_fnmatch_line("*RecompileError*")
+
+
+def test_a_compile_per_call_in_an_installed_package_is_reported_at_the_users_call(pytester, run):
+    pytester.mkdir("site-packages")
+    pytester.path.joinpath("site-packages", "fakelib.py").write_text(
+        "import mlx.core as mx\n\n\ndef scaled(x):\n    return mx.compile(lambda y: y * 2)(x)\n"
+    )
+    pytester.makeini("[pytest]\npythonpath = site-packages\n")
+    pytester.makepyfile(
+        """
+        import mlx.core as mx
+        import pytest
+        from fakelib import scaled
+
+        @pytest.mark.compiled
+        def test_steps():
+            for _ in range(2):
+                scaled(mx.ones(3))
+        """
+    )
+    result = run()
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "E*RecompileError: scaled.<locals>.<lambda> [[]compiled[]] call 2 retraced: new "
+            "function object compiled from the same code at site-packages/fakelib.py:5 "
+            "(mx.compile called inside a loop or a function?)",
+            "E*where: scaled.<locals>.<lambda> defined at site-packages/fakelib.py:5 (library "
+            "code), called from test_*.py:8",
+            "E*fix: the mx.compile is in library code: if you cannot change it, accept its "
+            "retraces in the test with `with mlx_recompiles.allow(): ...`*",
+        ]
+    )
