@@ -20,7 +20,7 @@ from pytest_mlxcompile import (
     variants,
 )
 from pytest_mlxcompile.isolation import GlobalState
-from pytest_mlxcompile.markers import MARKER_HELP
+from pytest_mlxcompile.markers import MARKER_HELP, MarkerError
 from pytest_mlxcompile.modes import Mode
 
 settings_key = pytest.StashKey[settings.Settings]()
@@ -31,6 +31,7 @@ collector_key = pytest.StashKey[report.Collector]()
 baseline_key = pytest.StashKey["report.Baseline | None"]()
 last_calls_key = pytest.StashKey[timing.LastCalls]()
 timings_key = pytest.StashKey[list[timing.FunctionTiming]]()
+saved_key = pytest.StashKey[str]()
 
 
 def _patch_mlx(config: pytest.Config) -> None:
@@ -66,6 +67,16 @@ def pytest_configure(config: pytest.Config) -> None:
             ),
             stacklevel=2,
         )
+    if config.getoption("--mlx-modes") is not None and not resolved.matrix:
+        config.issue_config_time_warning(
+            pytest.PytestConfigWarning(
+                f"pytest-mlxcompile: --mlx-modes={config.getoption('--mlx-modes')} has no effect "
+                "without --mlx-compile-matrix: each marked test runs once, in [compiled] (or the "
+                "first of its marker's modes). Add --mlx-compile-matrix to run one variant per "
+                "mode, or narrow one test with @pytest.mark.compiled(modes=[...])."
+            ),
+            stacklevel=2,
+        )
     config.stash[collector_key] = collector = report.Collector()
     config.pluginmanager.register(collector, "mlxcompile-collector")  # its logreport hook
     config.stash[baseline_key] = (
@@ -88,15 +99,48 @@ def _is_worker(config: pytest.Config) -> bool:
     return hasattr(config, "workerinput")
 
 
+def settings_line(chosen: settings.Settings) -> str:
+    """The header line that says the plugin is active and how it is set."""
+    matrix = f"on ({', '.join(map(str, chosen.modes))})" if chosen.matrix else "off"
+    timings = f"on ({chosen.timings_budget:g}s per test)" if chosen.timings else "off"
+    parts = [
+        f"matrix {matrix}",
+        f"scope {chosen.scope}",
+        f"parity {chosen.parity}",
+        f"max recompiles {chosen.max_recompiles}",
+        f"sanitize {'on' if chosen.sanitize else 'off'}",
+        f"timings {timings}",
+    ]
+    if chosen.rtol is not None or chosen.atol is not None:
+        parts.insert(3, f"rtol {chosen.rtol} atol {chosen.atol}")
+    return "mlxcompile: " + ", ".join(parts)
+
+
 def pytest_report_header(config: pytest.Config) -> list[str]:
-    baseline = config.stash.get(baseline_key, None)
-    if baseline is None or _is_worker(config):
+    if _is_worker(config) or settings_key not in config.stash:
         return []
-    lines = [f"mlxcompile: comparing timings with {baseline.path} (saved {baseline.created})"]
+    lines = [settings_line(config.stash[settings_key])]
+    baseline = config.stash.get(baseline_key, None)
+    if baseline is None:
+        return lines
+    lines.append(f"mlxcompile: comparing timings with {baseline.path} (saved {baseline.created})")
     differs = report.machine_mismatch(baseline.machine, report.machine_info())
     if differs:
         lines.append(f"mlxcompile: WARNING: {report.mismatch_warning(differs)}")
     return lines
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_pycollect_makeitem(collector: pytest.Collector, name: str, obj: object) -> Any:
+    """A parametrize case's own ``compiled`` marker: validated here (one collection error
+    naming the case), and its ``modes=`` honoured by deselecting the variants it excludes."""
+    result = yield
+    if not isinstance(result, list) or not result:
+        return result
+    kept, dropped = variants.check_cases(result)
+    if dropped:
+        collector.config.hook.pytest_deselected(items=dropped)
+    return kept
 
 
 # trylast: after @pytest.mark.parametrize, so the mode comes last in ids: test_x[1-compiled].
@@ -148,10 +192,26 @@ def _timing_observers(item: pytest.Item, plan: variants.VariantPlan) -> list[ins
 # tryfirst: the variant must be active before any fixture's setup calls compiled code.
 @pytest.hookimpl(wrapper=True, tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> Generator[None]:
-    item.stash[globals_key] = GlobalState.capture()
+    # Nothing here may raise before the yield: the other plugins' setup must run, their
+    # teardown relies on it (pytest's logging plugin fails with a KeyError otherwise).
+    error: BaseException | None = None
+    try:
+        item.stash[globals_key] = GlobalState.capture()
+        _start(item)
+    except MarkerError as exc:  # a marker added after collection (item.add_marker)
+        error = pytest.fail.Exception(str(exc), pytrace=False)
+    except Exception as exc:
+        error = exc
+    result = yield
+    if error is not None:
+        raise error
+    return result
+
+
+def _start(item: pytest.Item) -> None:
     plan = variants.plan(item, item.config.stash[settings_key])
     if plan is None:
-        return (yield)
+        return
     _mlx.core()  # loading mlx.core applies the patch
     run = instrument.VariantRun(
         plan.mode,
@@ -161,16 +221,7 @@ def pytest_runtest_setup(item: pytest.Item) -> Generator[None]:
         observers=_observers(item, plan),
     )
     item.stash[run_key] = run
-    try:
-        run.start()
-    except instrument.CompileDisabledError as exc:
-        error: Exception | None = exc
-    else:
-        error = None
-    result = yield  # other plugins' setup must run even when we fail: teardown relies on it
-    if error is not None:
-        raise error
-    return result
+    run.start()
 
 
 @pytest.hookimpl(wrapper=True)
@@ -199,7 +250,18 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None]:
 def _gate(item: pytest.Item, timings: list[timing.FunctionTiming]) -> None:
     """--mlx-compare-fail: fail this test (an ordinary failure) if its timings regressed."""
     baseline, rules = item.config.stash[baseline_key], item.config.stash[settings_key].compare_fail
-    message = report.gate(item.nodeid, timings, baseline, rules)
+    try:
+        message = report.gate(item.nodeid, timings, baseline, rules)
+    except (ArithmeticError, TypeError, ValueError) as exc:  # a baseline is validated at start-up
+        warnings.warn(
+            pytest.PytestWarning(
+                f"pytest-mlxcompile: could not compare {item.nodeid} with the baseline "
+                f"{baseline.path if baseline else ''}: {type(exc).__name__}: {exc}; "
+                "the test's result is its own"
+            ),
+            stacklevel=1,
+        )
+        return
     if message is not None:
         pytest.fail(message, pytrace=False)
 
@@ -258,26 +320,36 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         terminalreporter.write_sep("=", "recompiles")
         for line in lines:
             terminalreporter.write_line(line)
-    report.write_summary(
-        terminalreporter,
-        collector,
-        config.stash[baseline_key],
-        config.stash[settings_key].report_json,
-    )
+    report.write_summary(terminalreporter, collector, config.stash[baseline_key], None)
+    saved = config.stash.get(saved_key, None)
+    if saved is not None:
+        terminalreporter.write_line(saved, red="ERROR" in saved, yellow="incomplete" in saved)
 
 
-def pytest_sessionfinish(session: pytest.Session) -> None:
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int | pytest.ExitCode) -> None:
     config = session.config
+    if settings_key not in config.stash or collector_key not in config.stash:
+        return  # pytest_configure did not finish (a usage error)
     path = config.stash[settings_key].report_json
-    if path is None or _is_worker(config) or collector_key not in config.stash:
+    if path is None or _is_worker(config):
         return
+    interrupted = int(exitstatus) == pytest.ExitCode.INTERRUPTED
+    stopped = bool(session.shouldstop or session.shouldfail)
+    complete = not interrupted and not stopped and int(exitstatus) in _COMPLETE
     doc = report.document(
         config.stash[collector_key],
         config.stash[settings_key],
         report.machine_info(),
         _workers(config),
+        report.RunEnd(int(exitstatus), interrupted, complete),
     )
-    report.write_json(path, doc)
+    config.stash[saved_key] = report.save(path, doc)
+
+
+#: Exit statuses of a run that ran every test it collected.
+_COMPLETE = frozenset(
+    {pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED, pytest.ExitCode.NO_TESTS_COLLECTED}
+)
 
 
 class XdistHooks:
@@ -288,7 +360,8 @@ class XdistHooks:
 
     def pytest_testnodedown(self, node: Any, error: object | None) -> None:
         if error is not None:
-            self.config.stash[collector_key].lost_workers.append(str(error))
+            worker = getattr(getattr(node, "gateway", None), "id", "?")
+            self.config.stash[collector_key].worker_down(str(worker), error)
 
 
 @pytest.fixture

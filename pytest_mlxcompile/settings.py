@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import os
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -15,7 +16,15 @@ import pytest
 
 from pytest_mlxcompile.modes import ALL_MODES, Mode, parse_modes
 
-__all__ = ["OPTIONS", "Option", "Settings", "add_options", "parse_tolerance", "resolve"]
+__all__ = [
+    "OPTIONS",
+    "Option",
+    "Settings",
+    "add_options",
+    "check_writable",
+    "parse_tolerance",
+    "resolve",
+]
 
 #: The statistics a baseline gate can compare (see ``parse_compare_fail``).
 COMPARE_FIELDS = ("median", "min", "first_call")
@@ -33,7 +42,7 @@ def parse_choice(*choices: str) -> Callable[[str, str], str]:
 def parse_tolerance(value: object, source: str) -> float:
     try:
         number = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an int too large for float
         number = math.nan
     if isinstance(value, bool) or not math.isfinite(number) or number < 0:
         raise ValueError(f"{source}: {value!r} is not a finite number >= 0")
@@ -47,6 +56,17 @@ def parse_flag(value: str, source: str) -> bool:
     if lowered in ("0", "false", "no", "off"):
         return False
     raise ValueError(f"{source}: {value!r} is not a boolean (true/false)")
+
+
+def parse_switch(value: str, source: str) -> bool:
+    """``on``/``off`` (and the boolean words, so TOML's ``false`` reads naturally)."""
+    lowered = value.strip().lower()
+    if lowered in ("on", "off"):
+        return lowered == "on"
+    try:
+        return parse_flag(value, source)
+    except ValueError:
+        raise ValueError(f"{source}: {value!r} is not one of on, off") from None
 
 
 def parse_seconds(value: str, source: str) -> float:
@@ -124,6 +144,15 @@ def parse_budget(value: str, source: str) -> int | str:
 
 @dataclass(frozen=True)
 class Option:
+    """One row of the option table: a command-line flag, its ini twin, and how to read both.
+
+    ``ini_types`` are the pytest ini types the ini twin accepts, most specific first (``bool``,
+    ``float``, ``int``, ``args``, ``string``): pytest >= 9.2 registers their union, older pytest
+    the first one it knows, falling back to ``string``. ``example`` is a valid value in native
+    TOML form; the test suite sets every option from it in pytest.ini, ``[tool.pytest.ini_options]``
+    and ``[tool.pytest]``, and fuzzes every option with ``bad`` plus generic bad values.
+    """
+
     field: str
     flag: str
     help: str
@@ -131,6 +160,9 @@ class Option:
     default: Any
     is_flag: bool = False
     metavar: str | None = None
+    ini_types: tuple[str, ...] = ("string",)
+    example: Any = None
+    bad: tuple[str, ...] = ()
 
     @property
     def ini(self) -> str:
@@ -146,6 +178,9 @@ OPTIONS: tuple[Option, ...] = (
         parse_flag,
         False,
         is_flag=True,
+        ini_types=("bool",),
+        example=True,
+        bad=("maybe",),
     ),
     Option(
         "modes",
@@ -154,6 +189,9 @@ OPTIONS: tuple[Option, ...] = (
         lambda v, s: parse_modes(v, source=s),
         ALL_MODES,
         metavar="MODES",
+        ini_types=("args",),
+        example=["eager", "compiled"],
+        bad=("eager,nope", "compiled,,"),
     ),
     Option(
         "scope",
@@ -163,6 +201,7 @@ OPTIONS: tuple[Option, ...] = (
         parse_choice("marked", "all"),
         "marked",
         metavar="marked|all",
+        example="all",
     ),
     Option(
         "parity",
@@ -172,6 +211,7 @@ OPTIONS: tuple[Option, ...] = (
         parse_choice("all", "first", "off"),
         "all",
         metavar="all|first|off",
+        example="first",
     ),
     Option(
         "rtol",
@@ -181,6 +221,9 @@ OPTIONS: tuple[Option, ...] = (
         parse_tolerance,
         None,
         metavar="RTOL",
+        ini_types=("float", "string"),
+        example=0.001,
+        bad=("-1", "nan", "inf", "1e999", "1" + "0" * 400),
     ),
     Option(
         "atol",
@@ -190,6 +233,9 @@ OPTIONS: tuple[Option, ...] = (
         parse_tolerance,
         None,
         metavar="ATOL",
+        ini_types=("float", "string"),
+        example=0.5,
+        bad=("-1", "nan", "inf", "1e999", "1" + "0" * 400),
     ),
     Option(
         "max_recompiles",
@@ -201,6 +247,9 @@ OPTIONS: tuple[Option, ...] = (
         parse_budget,
         "auto",
         metavar="auto|N",
+        ini_types=("int", "string"),
+        example=3,
+        bad=("-1", "1.5", "two", "٣"),
     ),
     Option(
         "timings",
@@ -210,6 +259,9 @@ OPTIONS: tuple[Option, ...] = (
         parse_flag,
         False,
         is_flag=True,
+        ini_types=("bool",),
+        example=True,
+        bad=("maybe",),
     ),
     Option(
         "timings_budget",
@@ -219,6 +271,9 @@ OPTIONS: tuple[Option, ...] = (
         parse_seconds,
         1.0,
         metavar="SECONDS",
+        ini_types=("float", "string"),
+        example=0.2,
+        bad=("0", "-1", "nan", "inf", "1e999"),
     ),
     Option(
         "report_json",
@@ -228,6 +283,8 @@ OPTIONS: tuple[Option, ...] = (
         parse_json_path,
         None,
         metavar="PATH",
+        example="out/report.json",
+        bad=(".", "r.xml", "missing/../r.json", "/proc/r.json", "pyproject.toml/r.json"),
     ),
     Option(
         "compare",
@@ -236,6 +293,8 @@ OPTIONS: tuple[Option, ...] = (
         parse_existing_json,
         None,
         metavar="PATH",
+        example="baseline.json",
+        bad=("missing.json", "."),
     ),
     Option(
         "compare_fail",
@@ -245,6 +304,8 @@ OPTIONS: tuple[Option, ...] = (
         parse_compare_fail,
         (),
         metavar="EXPR",
+        example="speedup:10%,compiled.median:5%",
+        bad=("speedup", "speedup:10", "eager.speedup:5%", "compiled.median:-5%"),
     ),
     Option(
         "sanitize",
@@ -252,9 +313,12 @@ OPTIONS: tuple[Option, ...] = (
         "Diagnose compile bugs in compiled and shapeless variants: placeholder leaks, stale "
         "captures, uncaptured random state, host syncs while tracing, shapeless probes "
         "(default: on)",
-        lambda v, s: parse_choice("on", "off")(v, s) == "on",
+        parse_switch,
         True,
         metavar="on|off",
+        ini_types=("bool", "string"),
+        example="off",
+        bad=("maybe",),
     ),
 )
 
@@ -276,36 +340,137 @@ class Settings:
     sanitize: bool = True
 
 
+def _ini_type(option: Option) -> Any:
+    """The ini type to register: the union of ``option.ini_types`` where pytest knows unions
+    (>= 9.2), else the first type this pytest knows (``int``/``float`` came in 8.4)."""
+    known = {"string", "bool", "args", "linelist"}
+    if pytest.version_tuple >= (8, 4):
+        known |= {"int", "float"}
+    types = [t for t in option.ini_types if t in known] or ["string"]
+    if len(types) > 1 and pytest.version_tuple >= (9, 2):
+        python = {"string": str, "bool": bool, "int": int, "float": float}
+        if all(t in python for t in types):
+            union: Any = python[types[0]]
+            for name in types[1:]:
+                union = union | python[name]
+            return union
+    return types[0]
+
+
 def add_options(parser: pytest.Parser) -> None:
     group = parser.getgroup("mlxcompile", "MLX compile testing (pytest-mlxcompile)")
     for option in OPTIONS:
+        # argparse %-formats help strings ('%(default)s'): a literal % must be doubled.
+        help_text = option.help.replace("%", "%%")
         if option.is_flag:
-            group.addoption(option.flag, action="store_true", default=None, help=option.help)
+            group.addoption(option.flag, action="store_true", default=None, help=help_text)
         else:
-            group.addoption(option.flag, default=None, metavar=option.metavar, help=option.help)
-        parser.addini(option.ini, option.help, default=None)
+            group.addoption(option.flag, default=None, metavar=option.metavar, help=help_text)
+        parser.addini(option.ini, option.help, type=_ini_type(option), default=None)
+
+
+def _ini_text(value: object) -> str:
+    """An ini value in whatever type pytest gave it, as the text our parsers read."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return ",".join(str(part) for part in value)
+    return str(value)
+
+
+def _ini_value(config: pytest.Config, option: Option) -> object:
+    try:
+        return config.getini(option.ini)
+    except (pytest.UsageError, ValueError, TypeError) as exc:
+        raise ValueError(
+            f"{option.ini} (ini file {config.inipath}): {exc}; "
+            f"give it as {option.flag} takes it, e.g. {option.ini} = {_toml(option.example)}"
+        ) from None
+
+
+def _toml(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        return "[" + ", ".join(f'"{v}"' for v in value) + "]"
+    if isinstance(value, str):
+        return f'"{value}"'
+    return repr(value)
 
 
 def resolve(config: pytest.Config) -> Settings:
     """Settings from the command line and ini file; a bad value is a UsageError naming it."""
     values: dict[str, Any] = {}
-    for option in OPTIONS:
-        cli = config.getoption(option.flag)
-        ini = config.getini(option.ini)
-        try:
+    try:
+        for option in OPTIONS:
+            cli = config.getoption(option.flag)
             if cli is not None:
                 values[option.field] = True if option.is_flag else option.parse(cli, option.flag)
-            elif ini not in (None, "", []):
-                text = ini if isinstance(ini, str) else " ".join(ini)
-                source = f"{option.ini} = {text} (ini file)"
-                values[option.field] = option.parse(text, source)
-            else:
+                continue
+            ini = _ini_value(config, option)
+            if ini in (None, "", []):
                 values[option.field] = option.default
-        except ValueError as exc:
-            raise pytest.UsageError(f"pytest-mlxcompile: {exc}") from None
-    if values["compare_fail"] and values["compare"] is None:
-        raise pytest.UsageError(
-            "pytest-mlxcompile: --mlx-compare-fail needs a baseline; add --mlx-compare=PATH "
-            "(a report saved with --mlx-report-json)"
-        )
+                continue
+            text = _ini_text(ini)
+            source = f"{option.ini} = {text} (ini file)"
+            values[option.field] = option.parse(text, source)
+        if values["compare_fail"] and values["compare"] is None:
+            raise ValueError(
+                "--mlx-compare-fail needs a baseline; add --mlx-compare=PATH "
+                "(a report saved with --mlx-report-json)"
+            )
+        if values["report_json"] is not None:
+            values["report_json"] = check_writable(values["report_json"], "--mlx-report-json")
+        if values["report_json"] is not None and values["compare"] is not None:
+            refuse_same_file(values["report_json"], values["compare"])
+    except ValueError as exc:
+        raise pytest.UsageError(f"pytest-mlxcompile: {exc}") from None
     return Settings(**values)
+
+
+def refuse_same_file(report: str, baseline: str) -> None:
+    """A report written over the baseline it was compared with ratchets the gate: a run that
+    regressed (or one within tolerance, run after run) becomes the next run's reference."""
+    same = os.path.realpath(report) == os.path.realpath(baseline)
+    if not same and os.path.exists(report):
+        same = os.path.samefile(report, baseline)
+    if same:
+        raise ValueError(
+            f"--mlx-report-json={report!r} and --mlx-compare={baseline!r} are the same file: "
+            "this run would overwrite its own baseline (even when the gate fails). Write the "
+            "report elsewhere (e.g. --mlx-report-json=new.json) and replace the baseline "
+            "deliberately when the run is good"
+        )
+
+
+def check_writable(path: str, flag: str) -> str:
+    """Check at start-up that a report can be written at ``path`` (folders may be missing).
+
+    Walks the parent folders as the OS will (a ``..`` after a missing folder cannot be
+    resolved), then creates and removes a temporary file in the nearest existing folder.
+    """
+    where = f"{flag}={path!r}: cannot write a report there"
+    parent = os.path.dirname(path)
+    current = os.sep if os.path.isabs(path) else ""
+    missing: str | None = None
+    for part in [p for p in parent.split(os.sep) if p]:
+        step = os.path.join(current, part)
+        if missing is not None:
+            if part == os.pardir:
+                raise ValueError(
+                    f"{where}: {missing!r} does not exist, so '..' after it cannot be resolved; "
+                    f"give the path without it, e.g. {os.path.normpath(path)!r}"
+                )
+        elif os.path.isdir(step or os.curdir):
+            current = step
+        elif os.path.exists(step):
+            raise ValueError(f"{where}: {step!r} is a file, not a folder")
+        else:
+            missing = step
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".mlx-report-probe-", dir=current or os.curdir)
+    except OSError as exc:
+        raise ValueError(f"{where}: {exc.strerror or exc} ({current or os.curdir!r})") from None
+    os.close(fd)
+    os.unlink(probe)
+    return path
