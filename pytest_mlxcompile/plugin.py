@@ -38,8 +38,12 @@ def _patch_mlx(config: pytest.Config) -> None:
     if config.stash.get(patched_key, False):
         return
     config.stash[patched_key] = True
+    # Leave MLX as we found it: a patch installed before this config (importing the package
+    # installs it, for max_recompiles() in scripts) outlives it.
+    patched_before = instrument.installed() is not None
     undo = _mlx.on_load(instrument.install)
-    config.add_cleanup(instrument.uninstall)
+    if not patched_before:
+        config.add_cleanup(instrument.uninstall)
     config.add_cleanup(undo)
 
 

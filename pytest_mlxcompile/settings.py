@@ -39,13 +39,21 @@ def parse_choice(*choices: str) -> Callable[[str, str], str]:
     return parse
 
 
+def short_repr(value: object, limit: int = 40) -> str:
+    """``repr(value)``, shortened in the middle when long (``10**400`` is 401 digits)."""
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    return f"{text[: limit // 2]}...{text[-8:]} ({len(text)} characters)"
+
+
 def parse_tolerance(value: object, source: str) -> float:
     try:
         number = float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError, OverflowError):  # OverflowError: an int too large for float
         number = math.nan
     if isinstance(value, bool) or not math.isfinite(number) or number < 0:
-        raise ValueError(f"{source}: {value!r} is not a finite number >= 0")
+        raise ValueError(f"{source}: {short_repr(value)} is not a finite number >= 0")
     return number
 
 
@@ -191,7 +199,7 @@ OPTIONS: tuple[Option, ...] = (
         metavar="MODES",
         ini_types=("args",),
         example=["eager", "compiled"],
-        bad=("eager,nope", "compiled,,"),
+        bad=("eager,nope", ",", "eager;compiled"),
     ),
     Option(
         "scope",
@@ -249,7 +257,7 @@ OPTIONS: tuple[Option, ...] = (
         metavar="auto|N",
         ini_types=("int", "string"),
         example=3,
-        bad=("-1", "1.5", "two", "٣"),
+        bad=("-1", "1.5", "two"),
     ),
     Option(
         "timings",
@@ -284,7 +292,7 @@ OPTIONS: tuple[Option, ...] = (
         None,
         metavar="PATH",
         example="out/report.json",
-        bad=(".", "r.xml", "missing/../r.json", "/proc/r.json", "pyproject.toml/r.json"),
+        bad=(".", "r.xml", "missing/../r.json", "/proc/r.json", "data.txt/r.json"),
     ),
     Option(
         "compare",
@@ -401,9 +409,11 @@ def _toml(value: object) -> str:
 def resolve(config: pytest.Config) -> Settings:
     """Settings from the command line and ini file; a bad value is a UsageError naming it."""
     values: dict[str, Any] = {}
+    named: dict[str, str] = {}  # how to name where each value came from, in messages
     try:
         for option in OPTIONS:
             cli = config.getoption(option.flag)
+            named[option.field] = option.flag
             if cli is not None:
                 values[option.field] = True if option.is_flag else option.parse(cli, option.flag)
                 continue
@@ -413,6 +423,7 @@ def resolve(config: pytest.Config) -> Settings:
                 continue
             text = _ini_text(ini)
             source = f"{option.ini} = {text} (ini file)"
+            named[option.field] = f"{option.ini} (ini file)"
             values[option.field] = option.parse(text, source)
         if values["compare_fail"] and values["compare"] is None:
             raise ValueError(
@@ -420,15 +431,15 @@ def resolve(config: pytest.Config) -> Settings:
                 "(a report saved with --mlx-report-json)"
             )
         if values["report_json"] is not None:
-            values["report_json"] = check_writable(values["report_json"], "--mlx-report-json")
+            values["report_json"] = check_writable(values["report_json"], named["report_json"])
         if values["report_json"] is not None and values["compare"] is not None:
-            refuse_same_file(values["report_json"], values["compare"])
+            refuse_same_file(values["report_json"], values["compare"], named)
     except ValueError as exc:
         raise pytest.UsageError(f"pytest-mlxcompile: {exc}") from None
     return Settings(**values)
 
 
-def refuse_same_file(report: str, baseline: str) -> None:
+def refuse_same_file(report: str, baseline: str, named: dict[str, str]) -> None:
     """A report written over the baseline it was compared with ratchets the gate: a run that
     regressed (or one within tolerance, run after run) becomes the next run's reference."""
     same = os.path.realpath(report) == os.path.realpath(baseline)
@@ -436,7 +447,8 @@ def refuse_same_file(report: str, baseline: str) -> None:
         same = os.path.samefile(report, baseline)
     if same:
         raise ValueError(
-            f"--mlx-report-json={report!r} and --mlx-compare={baseline!r} are the same file: "
+            f"{named['report_json']}={report!r} and {named['compare']}={baseline!r} are the "
+            "same file: "
             "this run would overwrite its own baseline (even when the gate fails). Write the "
             "report elsewhere (e.g. --mlx-report-json=new.json) and replace the baseline "
             "deliberately when the run is good"
