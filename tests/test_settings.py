@@ -148,9 +148,7 @@ def test_with_the_plugin_on_the_stand_ins_stay_out_of_the_way(pytester, run):
 # every option in every form ------------------------------------------------------------------
 def _baseline(path: Path) -> None:
     """A minimal valid report to compare with (no tests timed)."""
-    machine = {
-        key: "x" for key in ("mlx", "device", "system", "architecture", "platform", "python")
-    }
+    machine = dict.fromkeys(("mlx", "device", "system", "architecture", "platform", "python"), "x")
     doc = report.document(report.Collector(), Settings(), {**machine, "backend": "cpu"}, 1)
     doc["machine"]["cpu_count"] = 1
     path.write_text(json.dumps(doc))
