@@ -338,7 +338,10 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int | pytest.ExitC
     if path is None or _is_worker(config):
         return
     interrupted = int(exitstatus) == pytest.ExitCode.INTERRUPTED
-    stopped = bool(session.shouldstop or session.shouldfail)
+    # -x/--maxfail stop the session; a stop after the last test left nothing out
+    stopped = bool(session.shouldstop or session.shouldfail) and (
+        config.stash[collector_key].finished < session.testscollected
+    )
     complete = not interrupted and not stopped and int(exitstatus) in _COMPLETE
     doc = report.document(
         config.stash[collector_key],

@@ -158,8 +158,10 @@ class Collector:
     records: dict[str, dict[str, Any]] = field(default_factory=dict)
     _outcomes: dict[str, str | None] = field(default_factory=dict)
     _durations: dict[str, float] = field(default_factory=dict)
-    #: pytest-xdist workers that went down with an error: the test each ran has no record
+    #: pytest-xdist workers that went down with an error, each with the test it was running
     lost_workers: list[str] = field(default_factory=list)
+    #: tests that reached their teardown report (or crashed): all of them in a complete run
+    finished: int = 0
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         """On the controller this sees every worker's reports too."""
@@ -195,12 +197,14 @@ class Collector:
     def add(self, report: pytest.TestReport) -> None:
         nodeid = report.nodeid
         if report.when not in ("setup", "call", "teardown"):
+            self.finished += 1
             self._crashed(report)
             return
         self._outcomes[nodeid] = _outcome(self._outcomes.get(nodeid), report)
         self._durations[nodeid] = self._durations.get(nodeid, 0.0) + report.duration
         if report.when != "teardown":
             return
+        self.finished += 1
         outcome, duration = self._outcomes.pop(nodeid), self._durations.pop(nodeid)
         text = getattr(report, "mlx_record", None)
         if isinstance(text, str):

@@ -16,5 +16,5 @@ def validate(value: Any, schema: dict[str, Any]) -> list[str]:
     validator = jsonschema.Draft202012Validator(schema)
     return [
         f"{error.json_path}: {error.message}"
-        for error in sorted(validator.iter_errors(value), key=lambda e: list(e.path))
+        for error in sorted(validator.iter_errors(value), key=lambda e: e.json_path)
     ]
