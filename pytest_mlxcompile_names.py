@@ -6,7 +6,8 @@ With the plugin off, the ``compiled`` marker would be unknown (an error under
 marker is registered, and each fixture skips its test with a reason that says why. With the plugin
 on, this module does nothing: the plugin registers the real marker and fixtures.
 
-Imports neither MLX nor the plugin.
+A top-level module, not part of the package: importing ``pytest_mlxcompile`` patches
+``mx.compile``, which ``-p no:mlxcompile`` must not do. Imports neither MLX nor the plugin.
 """
 
 from __future__ import annotations
