@@ -151,7 +151,7 @@ def _outcome(previous: str | None, report: pytest.TestReport) -> str | None:
     return previous or "passed"
 
 
-@dataclass
+@dataclass(eq=False)  # a plugin object: pytest keeps plugins in sets, so hashable
 class Collector:
     """The controller's view: one record per test variant, from its reports."""
 
