@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import textwrap
 import warnings
 from collections.abc import Callable, Generator
 from typing import Any
@@ -123,7 +124,15 @@ def settings_line(chosen: settings.Settings) -> str:
 def pytest_report_header(config: pytest.Config) -> list[str]:
     if _is_worker(config) or settings_key not in config.stash:
         return []
-    lines = [settings_line(config.stash[settings_key])]
+    width = max(config.get_terminal_writer().fullwidth, 40)
+    # wrapped at ", " to the terminal, continuation lines indented
+    lines = textwrap.wrap(
+        settings_line(config.stash[settings_key]),
+        width=width,
+        subsequent_indent="  ",
+        break_long_words=False,
+        break_on_hyphens=False,
+    )
     baseline = config.stash.get(baseline_key, None)
     if baseline is None:
         return lines

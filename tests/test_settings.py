@@ -96,8 +96,9 @@ def test_a_help_text_with_a_percent_sign_is_shown_literally(pytester, monkeypatc
 
 
 # the header line ------------------------------------------------------------------------------
-def test_the_header_says_the_plugin_is_active_and_how_it_is_set(pytester, run):
+def test_the_header_says_the_plugin_is_active_and_how_it_is_set(pytester, run, monkeypatch):
     pytester.makepyfile("def test_x(): pass")
+    monkeypatch.setenv("COLUMNS", "200")
     result = run("--mlx-compile-matrix", "--mlx-modes=eager,compiled", "--mlx-parity=first")
     result.stdout.fnmatch_lines(
         [
@@ -112,6 +113,19 @@ def test_the_header_says_the_plugin_is_active_and_how_it_is_set(pytester, run):
             "sanitize off, timings on (0.2s per test)"
         ]
     )
+
+
+def test_the_header_wraps_to_an_80_column_terminal(pytester, run, monkeypatch):
+    pytester.makepyfile("def test_x(): pass")
+    monkeypatch.setenv("COLUMNS", "80")
+    result = run("--mlx-compile-matrix", "--mlx-rtol=0.001")
+    result.stdout.fnmatch_lines(
+        [
+            "mlxcompile: matrix on (eager, compiled, shapeless), scope marked, parity all,",
+            "  rtol 0.001 atol None, max recompiles auto, sanitize on, timings off",
+        ]
+    )
+    assert all(len(line) <= 80 for line in result.outlines if "mlxcompile" in line)
 
 
 # the plugin switched off ---------------------------------------------------------------------
