@@ -60,7 +60,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", MARKER_HELP)
-    config.stash[settings_key] = resolved = settings.resolve(config)
+    try:
+        resolved = settings.resolve(config)
+    except pytest.UsageError:
+        if not config.getoption("help", False):
+            raise
+        resolved = settings.Settings()  # --help works even when a setting is bad
+    config.stash[settings_key] = resolved
     _patch_mlx(config)
     if _mlx.loaded_before_hook:
         config.issue_config_time_warning(
@@ -112,10 +118,12 @@ def settings_line(chosen: settings.Settings) -> str:
         f"matrix {matrix}",
         f"scope {chosen.scope}",
         f"parity {chosen.parity}",
-        f"max recompiles {chosen.max_recompiles}",
         f"sanitize {'on' if chosen.sanitize else 'off'}",
         f"timings {timings}",
     ]
+    # settings whose default needs no word: shown only when set
+    if chosen.max_recompiles != "auto":
+        parts.insert(3, f"max recompiles {chosen.max_recompiles}")
     if chosen.rtol is not None or chosen.atol is not None:
         parts.insert(3, f"rtol {chosen.rtol} atol {chosen.atol}")
     return "mlxcompile: " + ", ".join(parts)

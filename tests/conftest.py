@@ -15,6 +15,9 @@ def run(pytester: pytest.Pytester):
     """Run pytest in a subprocess with the plugin on: MLX state is process-global."""
 
     def _run(*args: str) -> pytest.RunResult:
-        return pytester.runpytest_subprocess("-p", "mlxcompile", "-p", "no:cacheprovider", *args)
+        result = pytester.runpytest_subprocess("-p", "mlxcompile", "-p", "no:cacheprovider", *args)
+        # whatever a test expects, the plugin never crashes pytest itself
+        assert "INTERNALERROR" not in result.stdout.str() + result.stderr.str()
+        return result
 
     return _run

@@ -103,14 +103,14 @@ def test_the_header_says_the_plugin_is_active_and_how_it_is_set(pytester, run, m
     result.stdout.fnmatch_lines(
         [
             "mlxcompile: matrix on (eager, compiled), scope marked, parity first, "
-            "max recompiles auto, sanitize on, timings off"
+            "sanitize on, timings off"
         ]
     )
     plain = run("--mlx-timings", "--mlx-timings-budget=0.2", "--mlx-sanitize=off")
     plain.stdout.fnmatch_lines(
         [
-            "mlxcompile: matrix off, scope marked, parity all, max recompiles auto, "
-            "sanitize off, timings on (0.2s per test)"
+            "mlxcompile: matrix off, scope marked, parity all, sanitize off, "
+            "timings on (0.2s per test)"
         ]
     )
 
@@ -118,11 +118,11 @@ def test_the_header_says_the_plugin_is_active_and_how_it_is_set(pytester, run, m
 def test_the_header_wraps_to_an_80_column_terminal(pytester, run, monkeypatch):
     pytester.makepyfile("def test_x(): pass")
     monkeypatch.setenv("COLUMNS", "80")
-    result = run("--mlx-compile-matrix", "--mlx-rtol=0.001")
+    result = run("--mlx-compile-matrix", "--mlx-rtol=0.001", "--mlx-max-recompiles=2")
     result.stdout.fnmatch_lines(
         [
             "mlxcompile: matrix on (eager, compiled, shapeless), scope marked, parity all,",
-            "  rtol 0.001 atol None, max recompiles auto, sanitize on, timings off",
+            "  rtol 0.001 atol None, max recompiles 2, sanitize on, timings off",
         ]
     )
     assert all(len(line) <= 80 for line in result.outlines if "mlxcompile" in line)
@@ -155,6 +155,14 @@ def test_with_the_plugin_off_a_strict_markers_suite_still_runs_and_fixtures_skip
         ]
     )
     result.stdout.no_fnmatch_line("mlxcompile: matrix*")
+
+
+def test_help_works_even_when_an_ini_value_is_bad(pytester, run):
+    pytester.makeini("[pytest]\nmlx_parity = most\n")
+    result = run("--help")
+    assert result.ret == pytest.ExitCode.OK
+    result.stdout.fnmatch_lines(["MLX compile testing (pytest-mlxcompile):"])
+    assert run().ret == pytest.ExitCode.USAGE_ERROR
 
 
 def test_with_the_plugin_on_the_stand_ins_stay_out_of_the_way(pytester, run):
