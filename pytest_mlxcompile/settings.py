@@ -156,9 +156,10 @@ class Option:
 
     ``ini_types`` are the pytest ini types the ini twin accepts, most specific first (``bool``,
     ``float``, ``int``, ``args``, ``string``): pytest >= 9.2 registers their union, older pytest
-    the first one it knows, falling back to ``string``. ``example`` is a valid value in native
-    TOML form; the test suite sets every option from it in pytest.ini, ``[tool.pytest.ini_options]``
-    and ``[tool.pytest]``, and fuzzes every option with ``bad`` plus generic bad values.
+    the last one it knows (``string`` for an option such as ``auto|N``). ``example`` is a valid
+    value in native TOML form; the test suite sets every option from it in pytest.ini,
+    ``[tool.pytest.ini_options]`` and ``[tool.pytest]``, and fuzzes every option with ``bad``
+    plus generic bad values.
     """
 
     field: str
@@ -229,7 +230,7 @@ OPTIONS: tuple[Option, ...] = (
         parse_tolerance,
         None,
         metavar="RTOL",
-        ini_types=("float", "string"),
+        ini_types=("float",),
         example=0.001,
         bad=("-1", "nan", "inf", "1e999", "1" + "0" * 400),
     ),
@@ -241,7 +242,7 @@ OPTIONS: tuple[Option, ...] = (
         parse_tolerance,
         None,
         metavar="ATOL",
-        ini_types=("float", "string"),
+        ini_types=("float",),
         example=0.5,
         bad=("-1", "nan", "inf", "1e999", "1" + "0" * 400),
     ),
@@ -279,7 +280,7 @@ OPTIONS: tuple[Option, ...] = (
         parse_seconds,
         1.0,
         metavar="SECONDS",
-        ini_types=("float", "string"),
+        ini_types=("float",),
         example=0.2,
         bad=("0", "-1", "nan", "inf", "1e999"),
     ),
@@ -350,19 +351,21 @@ class Settings:
 
 def _ini_type(option: Option) -> Any:
     """The ini type to register: the union of ``option.ini_types`` where pytest knows unions
-    (>= 9.2), else the first type this pytest knows (``int``/``float`` came in 8.4)."""
+    (>= 9.2); else, for a mixed option (an int or ``auto``), the last, most permissive type it
+    knows; else its one type if this pytest knows it (``int``/``float`` came in 8.4)."""
     known = {"string", "bool", "args", "linelist"}
     if pytest.version_tuple >= (8, 4):
         known |= {"int", "float"}
     types = [t for t in option.ini_types if t in known] or ["string"]
-    if len(types) > 1 and pytest.version_tuple >= (9, 2):
-        python = {"string": str, "bool": bool, "int": int, "float": float}
-        if all(t in python for t in types):
-            union: Any = python[types[0]]
-            for name in types[1:]:
-                union = union | python[name]
-            return union
-    return types[0]
+    if len(types) == 1:
+        return types[0]
+    python = {"string": str, "bool": bool, "int": int, "float": float}
+    if pytest.version_tuple < (9, 2) or not all(t in python for t in types):
+        return types[-1]
+    union: Any = python[types[0]]
+    for name in types[1:]:
+        union = union | python[name]
+    return union
 
 
 def add_options(parser: pytest.Parser) -> None:
