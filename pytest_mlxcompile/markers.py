@@ -11,7 +11,15 @@ import pytest
 from pytest_mlxcompile.modes import Mode, parse_modes
 from pytest_mlxcompile.settings import parse_tolerance
 
-__all__ = ["MARKER", "MARKER_HELP", "CompiledMarker", "MarkerError", "from_item"]
+__all__ = [
+    "MARKER",
+    "MARKER_HELP",
+    "CompiledMarker",
+    "MarkerError",
+    "case_marked",
+    "closest",
+    "from_item",
+]
 
 MARKER = "compiled"
 MARKER_HELP = (
@@ -120,6 +128,28 @@ _VALIDATORS = {
 }
 
 
+def closest(node: pytest.Item | pytest.Function) -> pytest.Mark | None:
+    """The marker that applies to ``node``: a parametrize case's own
+    (``pytest.param(..., marks=pytest.mark.compiled(...))``) before the function's, class's or
+    module's (pytest's ``get_closest_marker`` puts the function's first)."""
+    callspec = getattr(node, "callspec", None)
+    for mark in getattr(callspec, "marks", ()):
+        if isinstance(mark, pytest.Mark) and mark.name == MARKER:
+            return mark
+    return node.get_closest_marker(MARKER)
+
+
 def from_item(node: pytest.Item | pytest.Function, test: str) -> CompiledMarker | None:
-    mark = node.get_closest_marker(MARKER)
+    mark = closest(node)
     return None if mark is None else CompiledMarker.from_mark(mark, test)
+
+
+def case_marked(argvalues: object) -> bool:
+    """Whether a ``@pytest.mark.parametrize`` argvalues list has a case marked ``compiled``."""
+    if not isinstance(argvalues, (list, tuple)):
+        return False  # a generator was consumed by pytest already: nothing to look at
+    return any(
+        getattr(mark, "name", None) == MARKER
+        for value in argvalues
+        for mark in getattr(value, "marks", ())
+    )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-import os
+import textwrap
 import warnings
 from collections.abc import Callable, Generator
 from typing import Any
@@ -29,7 +29,7 @@ from pytest_mlxcompile import (
 )
 from pytest_mlxcompile.errors import ParityError
 from pytest_mlxcompile.isolation import GlobalState
-from pytest_mlxcompile.markers import MARKER_HELP
+from pytest_mlxcompile.markers import MARKER_HELP, MarkerError
 from pytest_mlxcompile.modes import Mode, parse_modes
 
 settings_key = pytest.StashKey[settings.Settings]()
@@ -44,14 +44,19 @@ emitter_key = pytest.StashKey[record_hook.RecordEmitter]()
 cov_context_key = pytest.StashKey[bool]()
 coverage_key = pytest.StashKey[Any]()
 machine_key = pytest.StashKey[dict[str, Any]]()
+saved_key = pytest.StashKey[str]()
 
 
 def _patch_mlx(config: pytest.Config) -> None:
     if config.stash.get(patched_key, False):
         return
     config.stash[patched_key] = True
+    # Leave MLX as we found it: a patch installed before this config (importing the package
+    # installs it, for max_recompiles() in scripts) outlives it.
+    patched_before = instrument.installed() is not None
     undo = _mlx.on_load(instrument.install)
-    config.add_cleanup(instrument.uninstall)
+    if not patched_before:
+        config.add_cleanup(instrument.uninstall)
     config.add_cleanup(undo)
 
 
@@ -85,7 +90,13 @@ def pytest_mlxcompile_modes(metafunc: pytest.Metafunc, modes: tuple[Mode, ...]) 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", MARKER_HELP)
-    config.stash[settings_key] = resolved = settings.resolve(config)
+    try:
+        resolved = settings.resolve(config)
+    except pytest.UsageError:
+        if not config.getoption("help", False):
+            raise
+        resolved = settings.Settings()  # --help works even when a setting is bad
+    config.stash[settings_key] = resolved
     _patch_mlx(config)
     if _mlx.loaded_before_hook:
         config.issue_config_time_warning(
@@ -94,6 +105,16 @@ def pytest_configure(config: pytest.Config) -> None:
                 "compiled before then are plain mx.compile and do not follow the test variants. "
                 "Load the plugin first: let pytest load it (no early 'import mlx' in the process "
                 "that starts pytest or in plugins loaded before it)."
+            ),
+            stacklevel=2,
+        )
+    if config.getoption("--mlx-modes") is not None and not resolved.matrix:
+        config.issue_config_time_warning(
+            pytest.PytestConfigWarning(
+                f"pytest-mlxcompile: --mlx-modes={config.getoption('--mlx-modes')} has no effect "
+                "without --mlx-compile-matrix: each marked test runs once, in [compiled] (or the "
+                "first of its marker's modes). Add --mlx-compile-matrix to run one variant per "
+                "mode, or narrow one test with @pytest.mark.compiled(modes=[...])."
             ),
             stacklevel=2,
         )
@@ -152,15 +173,58 @@ def _is_worker(config: pytest.Config) -> bool:
     return hasattr(config, "workerinput")
 
 
+def settings_line(chosen: settings.Settings) -> str:
+    """The header line that says the plugin is active and how it is set."""
+    matrix = f"on ({', '.join(map(str, chosen.modes))})" if chosen.matrix else "off"
+    timings = f"on ({chosen.timings_budget:g}s per test)" if chosen.timings else "off"
+    parts = [
+        f"matrix {matrix}",
+        f"scope {chosen.scope}",
+        f"parity {chosen.parity}",
+        f"sanitize {'on' if chosen.sanitize else 'off'}",
+        f"timings {timings}",
+    ]
+    # settings whose default needs no word: shown only when set
+    if chosen.max_recompiles != "auto":
+        parts.insert(3, f"max recompiles {chosen.max_recompiles}")
+    if chosen.rtol is not None or chosen.atol is not None:
+        parts.insert(3, f"rtol {chosen.rtol} atol {chosen.atol}")
+    return "mlxcompile: " + ", ".join(parts)
+
+
 def pytest_report_header(config: pytest.Config) -> list[str]:
-    baseline = config.stash.get(baseline_key, None)
-    if baseline is None or _is_worker(config):
+    if _is_worker(config) or settings_key not in config.stash:
         return []
-    lines = [f"mlxcompile: comparing timings with {baseline.path} (saved {baseline.created})"]
+    width = max(config.get_terminal_writer().fullwidth, 40)
+    # wrapped at ", " to the terminal, continuation lines indented
+    lines = textwrap.wrap(
+        settings_line(config.stash[settings_key]),
+        width=width,
+        subsequent_indent="  ",
+        break_long_words=False,
+        break_on_hyphens=False,
+    )
+    baseline = config.stash.get(baseline_key, None)
+    if baseline is None:
+        return lines
+    lines.append(f"mlxcompile: comparing timings with {baseline.path} (saved {baseline.created})")
     differs = report.machine_mismatch(baseline.machine, report.machine_info())
     if differs:
         lines.append(f"mlxcompile: WARNING: {report.mismatch_warning(differs)}")
     return lines
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_pycollect_makeitem(collector: pytest.Collector, name: str, obj: object) -> Any:
+    """A parametrize case's own ``compiled`` marker: validated here (one collection error
+    naming the case), and its ``modes=`` honoured by deselecting the variants it excludes."""
+    result = yield
+    if not isinstance(result, list) or not result:
+        return result
+    kept, dropped = variants.check_cases(result)
+    if dropped:
+        collector.config.hook.pytest_deselected(items=dropped)
+    return kept
 
 
 # trylast: after @pytest.mark.parametrize, so the mode comes last in ids: test_x[1-compiled].
@@ -289,10 +353,26 @@ def _timing_observers(item: pytest.Item, plan: variants.VariantPlan) -> list[ins
 # tryfirst: the variant must be active before any fixture's setup calls compiled code.
 @pytest.hookimpl(wrapper=True, tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> Generator[None]:
-    item.stash[globals_key] = GlobalState.capture()
+    # Nothing here may raise before the yield: the other plugins' setup must run, their
+    # teardown relies on it (pytest's logging plugin fails with a KeyError otherwise).
+    error: BaseException | None = None
+    try:
+        item.stash[globals_key] = GlobalState.capture()
+        _start(item)
+    except MarkerError as exc:  # a marker added after collection (item.add_marker)
+        error = pytest.fail.Exception(str(exc), pytrace=False)
+    except Exception as exc:
+        error = exc
+    result = yield
+    if error is not None:
+        raise error
+    return result
+
+
+def _start(item: pytest.Item) -> None:
     plan = variants.plan(item, item.config.stash[settings_key])
     if plan is None:
-        return (yield)
+        return
     _mlx.core()  # loading mlx.core applies the patch
     cov = _coverage(item)
     if cov is not None:
@@ -306,16 +386,7 @@ def pytest_runtest_setup(item: pytest.Item) -> Generator[None]:
         max_check_bytes=item.config.stash[settings_key].max_check_bytes,
     )
     item.stash[run_key] = run
-    try:
-        run.start()
-    except instrument.CompileDisabledError as exc:
-        error: Exception | None = exc
-    else:
-        error = None
-    result = yield  # other plugins' setup must run even when we fail: teardown relies on it
-    if error is not None:
-        raise error
-    return result
+    run.start()
 
 
 @pytest.hookimpl(wrapper=True)
@@ -353,7 +424,18 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None]:
 def _gate(item: pytest.Item, timings: list[timing.FunctionTiming]) -> None:
     """--mlx-compare-fail: fail this test (an ordinary failure) if its timings regressed."""
     baseline, rules = item.config.stash[baseline_key], item.config.stash[settings_key].compare_fail
-    message = report.gate(item.nodeid, timings, baseline, rules)
+    try:
+        message = report.gate(item.nodeid, timings, baseline, rules)
+    except (ArithmeticError, TypeError, ValueError) as exc:  # a baseline is validated at start-up
+        warnings.warn(
+            pytest.PytestWarning(
+                f"pytest-mlxcompile: could not compare {item.nodeid} with the baseline "
+                f"{baseline.path if baseline else ''}: {type(exc).__name__}: {exc}; "
+                "the test's result is its own"
+            ),
+            stacklevel=1,
+        )
+        return
     if message is not None:
         pytest.fail(message, pytrace=False)
 
@@ -426,12 +508,10 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         terminalreporter.write_sep("=", "shapeless")
         for line in lines:
             terminalreporter.write_line(line)
-    report.write_summary(
-        terminalreporter,
-        collector,
-        config.stash[baseline_key],
-        config.stash[settings_key].report_json,
-    )
+    report.write_summary(terminalreporter, collector, config.stash[baseline_key], None)
+    saved = config.stash.get(saved_key, None)
+    if saved is not None:
+        terminalreporter.write_line(saved, red="ERROR" in saved, yellow="incomplete" in saved)
     html = config.stash[settings_key].report_html
     if html is not None:
         terminalreporter.write_line(
@@ -439,21 +519,28 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         )
 
 
-def pytest_sessionfinish(session: pytest.Session) -> None:
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int | pytest.ExitCode) -> None:
     config = session.config
     chosen = config.stash.get(settings_key, None)
-    if chosen is None or _is_worker(config) or collector_key not in config.stash:
+    if chosen is None or collector_key not in config.stash:
+        return  # pytest_configure did not finish (a usage error)
+    if _is_worker(config) or (chosen.report_json is None and chosen.report_html is None):
         return
-    if chosen.report_json is None and chosen.report_html is None:
-        return
+    interrupted = int(exitstatus) == pytest.ExitCode.INTERRUPTED
+    # -x/--maxfail stop the session; a stop after the last test left nothing out
+    stopped = bool(session.shouldstop or session.shouldfail) and (
+        config.stash[collector_key].finished < session.testscollected
+    )
+    complete = not interrupted and not stopped and int(exitstatus) in _COMPLETE
     doc = report.document(
         config.stash[collector_key],
         chosen,
         config.stash[machine_key] if machine_key in config.stash else report.machine_info(),
         _workers(config),
+        report.RunEnd(int(exitstatus), interrupted, complete),
     )
     if chosen.report_json is not None:
-        report.write_json(chosen.report_json, doc)
+        config.stash[saved_key] = report.save(chosen.report_json, doc)
     if chosen.report_html is not None:
         try:
             report_html.write_html(chosen.report_html, doc)
@@ -472,24 +559,9 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     chosen = config.stash.get(settings_key, None)
     if chosen is None or _is_worker(config):
         return
-    if chosen.report_html is not None:
-        _check_writable(chosen.report_html, "--mlx-report-html")
     if chosen.report_json is not None or chosen.report_html is not None:
         # here, not at the end: a bad hook answer is a usage error before any test runs
         config.stash[machine_key] = _machine_info(config)
-
-
-def _check_writable(path: str, flag: str) -> None:
-    """A report path whose folder cannot be made or written is a usage error before the tests."""
-    parent = os.path.dirname(os.path.abspath(path))
-    try:
-        os.makedirs(parent, exist_ok=True)
-    except OSError as exc:
-        problem = f"cannot create its folder {parent}: {exc.strerror or exc}"
-    else:
-        problem = "" if os.access(parent, os.W_OK) else f"its folder {parent} is not writable"
-    if problem:
-        raise pytest.UsageError(f"pytest-mlxcompile: {flag}={path}: {problem}")
 
 
 def _machine_info(config: pytest.Config) -> dict[str, Any]:
@@ -514,6 +586,12 @@ def _machine_info(config: pytest.Config) -> dict[str, Any]:
     return machine
 
 
+#: Exit statuses of a run that ran every test it collected.
+_COMPLETE = frozenset(
+    {pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED, pytest.ExitCode.NO_TESTS_COLLECTED}
+)
+
+
 class XdistHooks:
     """Registered only when pytest-xdist is installed."""
 
@@ -522,7 +600,8 @@ class XdistHooks:
 
     def pytest_testnodedown(self, node: Any, error: object | None) -> None:
         if error is not None:
-            self.config.stash[collector_key].lost_workers.append(str(error))
+            worker = getattr(getattr(node, "gateway", None), "id", "?")
+            self.config.stash[collector_key].worker_down(str(worker), error)
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ loses only the test it was running.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -150,26 +151,60 @@ def _outcome(previous: str | None, report: pytest.TestReport) -> str | None:
     return previous or "passed"
 
 
-@dataclass(eq=False)  # registered as a plugin: pytest 8 keeps plugins in a set
+@dataclass(eq=False)  # a plugin object: pytest keeps plugins in sets, so hashable
 class Collector:
     """The controller's view: one record per test variant, from its reports."""
 
     records: dict[str, dict[str, Any]] = field(default_factory=dict)
     _outcomes: dict[str, str | None] = field(default_factory=dict)
     _durations: dict[str, float] = field(default_factory=dict)
-    #: pytest-xdist workers that went down with an error: the test each ran has no record
+    #: pytest-xdist workers that went down with an error, each with the test it was running
     lost_workers: list[str] = field(default_factory=list)
+    #: tests that reached their teardown report (or crashed): all of them in a complete run
+    finished: int = 0
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         """On the controller this sees every worker's reports too."""
         self.add(report)
 
+    def worker_down(self, worker: str, error: object) -> None:
+        """pytest-xdist lost ``worker``; :meth:`add` names the test it was running, if any."""
+        self.lost_workers.append(f"{worker}: {error}")
+
+    def _crashed(self, report: pytest.TestReport) -> None:
+        """pytest-xdist's report for the test a crashed worker was running (``when='???'``):
+        record the variant as crashed, and name it in that worker's ``lost_workers`` entry."""
+        nodeid = report.nodeid
+        self._outcomes.pop(nodeid, None)
+        self._durations.pop(nodeid, None)
+        self.records[nodeid] = {
+            "nodeid": nodeid,
+            "mode": _mode_of(nodeid),
+            "outcome": "crashed",
+            "duration": 0.0,
+            "functions": [],
+            "timings": [],
+        }
+        gateway = getattr(getattr(report, "node", None), "gateway", None)
+        prefix = f"{getattr(gateway, 'id', '?')}: "
+        for index in range(len(self.lost_workers) - 1, -1, -1):
+            entry = self.lost_workers[index]
+            if entry.startswith(prefix) and " while running " not in entry:
+                self.lost_workers[index] = f"{entry} while running {nodeid}"
+                return
+        self.lost_workers.append(f"{prefix}crashed while running {nodeid}")
+
     def add(self, report: pytest.TestReport) -> None:
         nodeid = report.nodeid
+        if report.when not in ("setup", "call", "teardown"):
+            self.finished += 1
+            self._crashed(report)
+            return
         self._outcomes[nodeid] = _outcome(self._outcomes.get(nodeid), report)
         self._durations[nodeid] = self._durations.get(nodeid, 0.0) + report.duration
         if report.when != "teardown":
             return
+        self.finished += 1
         outcome, duration = self._outcomes.pop(nodeid), self._durations.pop(nodeid)
         text = getattr(report, "mlx_record", None)
         if isinstance(text, str):
@@ -185,10 +220,38 @@ class Collector:
         ]
 
 
+def _mode_of(nodeid: str) -> str | None:
+    """The matrix mode in a node id (the matrix puts it last: ``test_x[3-compiled]``)."""
+    if not nodeid.endswith("]") or "[" not in nodeid:
+        return None
+    last = nodeid[nodeid.rindex("[") + 1 : -1].rsplit("-", 1)[-1]
+    return last if last in {m.value for m in ALL_MODES} else None
+
+
 # JSON ------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RunEnd:
+    """How the session ended: what ``run.exitstatus``/``interrupted``/``complete`` say."""
+
+    exitstatus: int = 0
+    interrupted: bool = False
+    complete: bool = True
+
+    @property
+    def why(self) -> str:
+        if self.interrupted:
+            return f"interrupted, exit status {self.exitstatus}"
+        return f"stopped early, exit status {self.exitstatus}"
+
+
 def document(
-    collector: Collector, settings: Settings, machine: dict[str, Any], workers: int
+    collector: Collector,
+    settings: Settings,
+    machine: dict[str, Any],
+    workers: int,
+    end: RunEnd | None = None,
 ) -> dict[str, Any]:
+    end = end or RunEnd()
     return {
         "schema": SCHEMA,
         "version": SCHEMA_VERSION,
@@ -201,6 +264,9 @@ def document(
             "timings_budget": settings.timings_budget,
             "workers": workers,
             "lost_workers": collector.lost_workers,
+            "exitstatus": end.exitstatus,
+            "interrupted": end.interrupted,
+            "complete": end.complete,
         },
         "tests": [collector.records[nodeid] for nodeid in sorted(collector.records)],
         "shapeless": shapeless_probe.notes_of(
@@ -210,22 +276,109 @@ def document(
 
 
 def write_json(path: str, doc: dict[str, Any]) -> None:
-    """Write atomically, creating parent folders; never over a directory."""
+    """Write atomically, creating parent folders; never over a directory; no temporary file
+    is left behind on any failure (the error propagates)."""
     if os.path.isdir(path):
-        raise pytest.UsageError(f"pytest-mlxcompile: --mlx-report-json={path!r} is a directory")
-    parent = os.path.dirname(os.path.abspath(path))
+        raise OSError(f"{path!r} is a directory")
+    # the folder as the OS resolves the path ('a/../r.json' needs 'a'): the same one os.replace
+    # will use, so the temporary file and the report are on one file system
+    parent = os.path.dirname(path) or os.curdir
     os.makedirs(parent, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".mlx-report-", suffix=".json", dir=parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        json.dump(doc, handle, indent=1, allow_nan=False)
-        handle.write("\n")
-    umask = os.umask(0)  # mkstemp makes the file private; give it the mode open() would
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(doc, handle, indent=1, allow_nan=False)
+            handle.write("\n")
+        umask = os.umask(0)  # mkstemp makes the file private; give it the mode open() would
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def partial_path(path: str) -> str:
+    """Where an incomplete run's report goes when a report is already at ``path``."""
+    root, ext = os.path.splitext(path)
+    return f"{root}.partial{ext or '.json'}"
+
+
+def save(path: str, doc: dict[str, Any]) -> str:
+    """Write the report and return the line that says where it went.
+
+    A complete run replaces the report at ``path``. An incomplete one (interrupted, stopped by
+    ``-x``/``--maxfail``) never replaces a report already there: it goes to
+    :func:`partial_path` beside it. A write that fails leaves no temporary file and is reported
+    in the line, not raised: the run's own result stays what it was.
+    """
+    run, count = doc["run"], len(doc["tests"])
+    end = RunEnd(run["exitstatus"], run["interrupted"], run["complete"])
+    target = path if end.complete or not os.path.exists(path) else partial_path(path)
+    try:
+        write_json(target, doc)
+    except (OSError, ValueError, TypeError) as exc:
+        return f"mlx report: ERROR: could not write {target}: {exc}; no report was written"
+    if end.complete:
+        return f"mlx report: {path} ({count} test variants)"
+    if target == path:
+        return f"mlx report: {path} ({count} test variants; incomplete: {end.why})"
+    return (
+        f"mlx report: this run is incomplete ({end.why}): kept the previous {path}; "
+        f"this run's {count} test variants are in {target}"
+    )
 
 
 # baseline --------------------------------------------------------------------------------------
+SCHEMA_FILE = os.path.join(os.path.dirname(__file__), "report.schema.json")
+#: Statistics the gate divides by: a saved time of 0 cannot be a real measurement.
+_POSITIVE_STATS = ("min", "median", "q1", "q3")
+
+
+def _field(path: Iterable[object]) -> str:
+    text = ""
+    for part in path:
+        text += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return text.lstrip(".") or "(the top level)"
+
+
+def _load_valid(path: str) -> dict[str, Any]:
+    """The report at ``path`` if it is one this plugin wrote, else ValueError naming the field."""
+    import jsonschema  # only a --mlx-compare run pays for the import
+
+    try:
+        with open(path, encoding="utf-8") as handle:
+            doc = json.load(handle)
+    except RecursionError:
+        raise ValueError("nested too deeply to be a report") from None
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"not UTF-8 text ({exc.reason})") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"not JSON ({exc})") from None
+    if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
+        found = doc.get("schema") if isinstance(doc, dict) else type(doc).__name__
+        raise ValueError(f"'schema' is {found!r}, not {SCHEMA!r}")
+    if doc.get("version") != SCHEMA_VERSION:
+        raise ValueError(f"version {doc.get('version')!r}; this plugin reads {SCHEMA_VERSION}")
+    with open(SCHEMA_FILE, encoding="utf-8") as handle:
+        schema = json.load(handle)
+    error = jsonschema.exceptions.best_match(
+        jsonschema.Draft202012Validator(schema).iter_errors(doc)
+    )
+    if error is not None:
+        raise ValueError(f"field {_field(error.absolute_path)}: {error.message}")
+    for i, test in enumerate(doc["tests"]):
+        for j, timing in enumerate(test["timings"]):
+            for mode, entry in timing["modes"].items():
+                stats = entry["stats"] or {}
+                for key in _POSITIVE_STATS:
+                    if key in stats and not stats[key] > 0:
+                        where = f"tests[{i}].timings[{j}].modes.{mode}.stats.{key}"
+                        raise ValueError(f"field {where}: {stats[key]!r} is not a time > 0")
+    return doc
+
+
 @dataclass
 class Baseline:
     path: str
@@ -235,26 +388,22 @@ class Baseline:
 
     @classmethod
     def load(cls, path: str) -> Baseline:
+        """Read and validate a saved report at start-up: a bad one is a UsageError naming the
+        file and the field, so it can never fail a test or the summary later."""
         try:
-            with open(path, encoding="utf-8") as handle:
-                doc = json.load(handle)
-            if doc.get("schema") != SCHEMA:
-                raise ValueError(f"'schema' is {doc.get('schema')!r}, not {SCHEMA!r}")
-            if doc.get("version") != SCHEMA_VERSION:
-                raise ValueError(
-                    f"version {doc.get('version')!r}; this plugin reads {SCHEMA_VERSION}"
-                )
+            doc = _load_valid(path)
             timings = {
                 (test["nodeid"], t["function"]): FunctionTiming.from_json(t)
                 for test in doc["tests"]
                 for t in test["timings"]
             }
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
             raise pytest.UsageError(
                 f"pytest-mlxcompile: --mlx-compare={path!r} is not a report saved by "
-                f"--mlx-report-json: {type(exc).__name__}: {exc}"
+                f"--mlx-report-json: {reason}"
             ) from None
-        return cls(path, doc.get("machine", {}), str(doc.get("created", "")), timings)
+        return cls(path, doc["machine"], str(doc["created"]), timings)
 
     def get(self, nodeid: str, timing: FunctionTiming) -> FunctionTiming | None:
         return self.timings.get((nodeid, timing.function))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import os
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -15,7 +16,15 @@ import pytest
 
 from pytest_mlxcompile.modes import ALL_MODES, Mode, parse_modes
 
-__all__ = ["OPTIONS", "Option", "Settings", "add_options", "parse_tolerance", "resolve"]
+__all__ = [
+    "OPTIONS",
+    "Option",
+    "Settings",
+    "add_options",
+    "check_writable",
+    "parse_tolerance",
+    "resolve",
+]
 
 #: The statistics a baseline gate can compare (see ``parse_compare_fail``).
 COMPARE_FIELDS = ("median", "min", "first_call")
@@ -30,13 +39,21 @@ def parse_choice(*choices: str) -> Callable[[str, str], str]:
     return parse
 
 
+def short_repr(value: object, limit: int = 40) -> str:
+    """``repr(value)``, shortened in the middle when long (``10**400`` is 401 digits)."""
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    return f"{text[: limit // 2]}...{text[-8:]} ({len(text)} characters)"
+
+
 def parse_tolerance(value: object, source: str) -> float:
     try:
         number = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an int too large for float
         number = math.nan
     if isinstance(value, bool) or not math.isfinite(number) or number < 0:
-        raise ValueError(f"{source}: {value!r} is not a finite number >= 0")
+        raise ValueError(f"{source}: {short_repr(value)} is not a finite number >= 0")
     return number
 
 
@@ -49,6 +66,17 @@ def parse_flag(value: str, source: str) -> bool:
     raise ValueError(f"{source}: {value!r} is not a boolean (true/false)")
 
 
+def parse_switch(value: str, source: str) -> bool:
+    """``on``/``off`` (and the boolean words, so TOML's ``false`` reads naturally)."""
+    lowered = value.strip().lower()
+    if lowered in ("on", "off"):
+        return lowered == "on"
+    try:
+        return parse_flag(value, source)
+    except ValueError:
+        raise ValueError(f"{source}: {value!r} is not one of on, off") from None
+
+
 def parse_seconds(value: str, source: str) -> float:
     seconds = parse_tolerance(value, source)
     if seconds == 0:
@@ -56,30 +84,30 @@ def parse_seconds(value: str, source: str) -> float:
     return seconds
 
 
-def parse_json_path(value: str, source: str) -> str:
-    """A path for a JSON report: not a directory, and named .json so nobody expects HTML."""
-    if not value.strip():
-        raise ValueError(f"{source}: an empty path; give a file such as mlx-report.json")
-    if os.path.isdir(value) or value.endswith(("/", os.sep)):
-        raise ValueError(
-            f"{source}: {value!r} is a directory; give a file such as {value}/mlx.json"
-        )
-    if not value.endswith(".json"):
-        raise ValueError(f"{source}: {value!r} must end in .json (the report is JSON only)")
-    return value
+def _report_path(kind: str, suffixes: tuple[str, ...], why: str) -> Callable[[str, str], str]:
+    """A parser for a report path: not a directory, and named with the report's suffix."""
+    example = f"mlx-report{suffixes[0]}"
+
+    def parse(value: str, source: str) -> str:
+        if not value.strip():
+            raise ValueError(f"{source}: an empty path; give a file such as {example}")
+        if os.path.isdir(value) or value.endswith(("/", os.sep)):
+            raise ValueError(
+                f"{source}: {value!r} is a directory; give a file such as "
+                f"{value.rstrip('/' + os.sep)}/{example}"
+            )
+        if not value.endswith(suffixes):
+            raise ValueError(f"{source}: {value!r} must end in {suffixes[0]} ({why})")
+        return value
+
+    parse.__name__ = f"parse_{kind}_path"
+    return parse
 
 
-def parse_html_path(value: str, source: str) -> str:
-    """A path for the HTML report: not a directory, named .html so a browser opens it."""
-    if not value.strip():
-        raise ValueError(f"{source}: an empty path; give a file such as mlx-report.html")
-    if os.path.isdir(value) or value.endswith(("/", os.sep)):
-        raise ValueError(
-            f"{source}: {value!r} is a directory; give a file such as {value}/mlx.html"
-        )
-    if not value.endswith((".html", ".htm")):
-        raise ValueError(f"{source}: {value!r} must end in .html (the report is one HTML page)")
-    return value
+#: A JSON report's path, named .json so nobody expects HTML.
+parse_json_path = _report_path("json", (".json",), "the report is JSON only")
+#: The HTML report's path, named .html so a browser opens it.
+parse_html_path = _report_path("html", (".html", ".htm"), "the report is one HTML page")
 
 
 def parse_existing_json(value: str, source: str) -> str:
@@ -175,6 +203,16 @@ def parse_count(value: str, source: str) -> int:
 
 @dataclass(frozen=True)
 class Option:
+    """One row of the option table: a command-line flag, its ini twin, and how to read both.
+
+    ``ini_types`` are the pytest ini types the ini twin accepts, most specific first (``bool``,
+    ``float``, ``int``, ``args``, ``string``): pytest >= 9.2 registers their union, older pytest
+    the last one it knows (``string`` for an option such as ``auto|N``). ``example`` is a valid
+    value in native TOML form; the test suite sets every option from it in pytest.ini,
+    ``[tool.pytest.ini_options]`` and ``[tool.pytest]``, and fuzzes every option with ``bad``
+    plus generic bad values.
+    """
+
     field: str
     flag: str
     help: str
@@ -182,6 +220,9 @@ class Option:
     default: Any
     is_flag: bool = False
     metavar: str | None = None
+    ini_types: tuple[str, ...] = ("string",)
+    example: Any = None
+    bad: tuple[str, ...] = ()
 
     @property
     def ini(self) -> str:
@@ -197,6 +238,9 @@ OPTIONS: tuple[Option, ...] = (
         parse_flag,
         False,
         is_flag=True,
+        ini_types=("bool",),
+        example=True,
+        bad=("maybe",),
     ),
     Option(
         "modes",
@@ -205,6 +249,9 @@ OPTIONS: tuple[Option, ...] = (
         lambda v, s: parse_modes(v, source=s),
         ALL_MODES,
         metavar="MODES",
+        ini_types=("args",),
+        example=["eager", "compiled"],
+        bad=("eager,nope", ",", "eager;compiled"),
     ),
     Option(
         "scope",
@@ -214,6 +261,7 @@ OPTIONS: tuple[Option, ...] = (
         parse_choice("marked", "all"),
         "marked",
         metavar="marked|all",
+        example="all",
     ),
     Option(
         "parity",
@@ -223,6 +271,7 @@ OPTIONS: tuple[Option, ...] = (
         parse_choice("all", "first", "off"),
         "all",
         metavar="all|first|off",
+        example="first",
     ),
     Option(
         "rtol",
@@ -232,6 +281,9 @@ OPTIONS: tuple[Option, ...] = (
         parse_tolerance,
         None,
         metavar="RTOL",
+        ini_types=("float",),
+        example=0.001,
+        bad=("-1", "nan", "inf", "1e999", "1" + "0" * 400),
     ),
     Option(
         "atol",
@@ -241,6 +293,9 @@ OPTIONS: tuple[Option, ...] = (
         parse_tolerance,
         None,
         metavar="ATOL",
+        ini_types=("float",),
+        example=0.5,
+        bad=("-1", "nan", "inf", "1e999", "1" + "0" * 400),
     ),
     Option(
         "max_recompiles",
@@ -252,6 +307,9 @@ OPTIONS: tuple[Option, ...] = (
         parse_budget,
         "auto",
         metavar="auto|N",
+        ini_types=("int", "string"),
+        example=3,
+        bad=("-1", "1.5", "two"),
     ),
     Option(
         "max_shapes",
@@ -262,6 +320,9 @@ OPTIONS: tuple[Option, ...] = (
         parse_count,
         8,
         metavar="N",
+        ini_types=("int",),
+        example=12,
+        bad=("-1", "1.5", "many"),
     ),
     Option(
         "timings",
@@ -271,6 +332,9 @@ OPTIONS: tuple[Option, ...] = (
         parse_flag,
         False,
         is_flag=True,
+        ini_types=("bool",),
+        example=True,
+        bad=("maybe",),
     ),
     Option(
         "timings_budget",
@@ -280,6 +344,9 @@ OPTIONS: tuple[Option, ...] = (
         parse_seconds,
         1.0,
         metavar="SECONDS",
+        ini_types=("float",),
+        example=0.2,
+        bad=("0", "-1", "nan", "inf", "1e999"),
     ),
     Option(
         "report_json",
@@ -289,6 +356,8 @@ OPTIONS: tuple[Option, ...] = (
         parse_json_path,
         None,
         metavar="PATH",
+        example="out/report.json",
+        bad=(".", "r.xml", "missing/../r.json", "/proc/r.json", "data.txt/r.json"),
     ),
     Option(
         "report_html",
@@ -298,6 +367,8 @@ OPTIONS: tuple[Option, ...] = (
         parse_html_path,
         None,
         metavar="PATH",
+        example="out/report.html",
+        bad=(".", "r.json", "missing/../r.html", "data.txt/r.html"),
     ),
     Option(
         "compare",
@@ -306,6 +377,8 @@ OPTIONS: tuple[Option, ...] = (
         parse_existing_json,
         None,
         metavar="PATH",
+        example="baseline.json",
+        bad=("missing.json", "."),
     ),
     Option(
         "compare_fail",
@@ -315,6 +388,8 @@ OPTIONS: tuple[Option, ...] = (
         parse_compare_fail,
         (),
         metavar="EXPR",
+        example="speedup:10%,compiled.median:5%",
+        bad=("speedup", "speedup:10", "eager.speedup:5%", "compiled.median:-5%"),
     ),
     Option(
         "sanitize",
@@ -322,9 +397,12 @@ OPTIONS: tuple[Option, ...] = (
         "Diagnose compile bugs in compiled and shapeless variants: placeholder leaks, stale "
         "captures, uncaptured random state, host syncs while tracing, shapeless probes "
         "(default: on)",
-        lambda v, s: parse_choice("on", "off")(v, s) == "on",
+        parse_switch,
         True,
         metavar="on|off",
+        ini_types=("bool", "string"),
+        example="off",
+        bad=("maybe",),
     ),
     Option(
         "max_check_bytes",
@@ -335,6 +413,9 @@ OPTIONS: tuple[Option, ...] = (
         parse_size,
         2**30,
         metavar="SIZE",
+        ini_types=("int", "string"),
+        example="512MiB",
+        bad=("-1", "2XB"),
     ),
     Option(
         "cov_context",
@@ -344,6 +425,10 @@ OPTIONS: tuple[Option, ...] = (
         parse_flag,
         False,
         is_flag=True,
+        ini_types=("bool",),
+        # True needs coverage running: the settings-form tests run without it
+        example=False,
+        bad=("maybe",),
     ),
 )
 
@@ -370,36 +455,144 @@ class Settings:
     cov_context: bool = False
 
 
+def _ini_type(option: Option) -> Any:
+    """The ini type to register: the union of ``option.ini_types`` where pytest knows unions
+    (>= 9.2); else, for a mixed option (an int or ``auto``), the last, most permissive type it
+    knows; else its one type if this pytest knows it (``int``/``float`` came in 8.4)."""
+    known = {"string", "bool", "args", "linelist"}
+    if pytest.version_tuple >= (8, 4):
+        known |= {"int", "float"}
+    types = [t for t in option.ini_types if t in known] or ["string"]
+    if len(types) == 1:
+        return types[0]
+    python = {"string": str, "bool": bool, "int": int, "float": float}
+    if pytest.version_tuple < (9, 2) or not all(t in python for t in types):
+        return types[-1]
+    union: Any = python[types[0]]
+    for name in types[1:]:
+        union = union | python[name]
+    return union
+
+
 def add_options(parser: pytest.Parser) -> None:
     group = parser.getgroup("mlxcompile", "MLX compile testing (pytest-mlxcompile)")
     for option in OPTIONS:
+        # argparse %-formats help strings ('%(default)s'): a literal % must be doubled.
+        help_text = option.help.replace("%", "%%")
         if option.is_flag:
-            group.addoption(option.flag, action="store_true", default=None, help=option.help)
+            group.addoption(option.flag, action="store_true", default=None, help=help_text)
         else:
-            group.addoption(option.flag, default=None, metavar=option.metavar, help=option.help)
-        parser.addini(option.ini, option.help, default=None)
+            group.addoption(option.flag, default=None, metavar=option.metavar, help=help_text)
+        parser.addini(option.ini, option.help, type=_ini_type(option), default=None)
+
+
+def _ini_text(value: object) -> str:
+    """An ini value in whatever type pytest gave it, as the text our parsers read."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return ",".join(str(part) for part in value)
+    return str(value)
+
+
+def _ini_value(config: pytest.Config, option: Option) -> object:
+    try:
+        return config.getini(option.ini)
+    except (pytest.UsageError, ValueError, TypeError) as exc:
+        raise ValueError(
+            f"{option.ini} (ini file {config.inipath}): {exc}; "
+            f"give it as {option.flag} takes it, e.g. {option.ini} = {_toml(option.example)}"
+        ) from None
+
+
+def _toml(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        return "[" + ", ".join(f'"{v}"' for v in value) + "]"
+    if isinstance(value, str):
+        return f'"{value}"'
+    return repr(value)
 
 
 def resolve(config: pytest.Config) -> Settings:
     """Settings from the command line and ini file; a bad value is a UsageError naming it."""
     values: dict[str, Any] = {}
-    for option in OPTIONS:
-        cli = config.getoption(option.flag)
-        ini = config.getini(option.ini)
-        try:
+    named: dict[str, str] = {}  # how to name where each value came from, in messages
+    try:
+        for option in OPTIONS:
+            cli = config.getoption(option.flag)
+            named[option.field] = option.flag
             if cli is not None:
                 values[option.field] = True if option.is_flag else option.parse(cli, option.flag)
-            elif ini not in (None, "", []):
-                text = ini if isinstance(ini, str) else " ".join(ini)
-                source = f"{option.ini} = {text} (ini file)"
-                values[option.field] = option.parse(text, source)
-            else:
+                continue
+            ini = _ini_value(config, option)
+            if ini in (None, "", []):
                 values[option.field] = option.default
-        except ValueError as exc:
-            raise pytest.UsageError(f"pytest-mlxcompile: {exc}") from None
-    if values["compare_fail"] and values["compare"] is None:
-        raise pytest.UsageError(
-            "pytest-mlxcompile: --mlx-compare-fail needs a baseline; add --mlx-compare=PATH "
-            "(a report saved with --mlx-report-json)"
-        )
+                continue
+            text = _ini_text(ini)
+            source = f"{option.ini} = {text} (ini file)"
+            named[option.field] = f"{option.ini} (ini file)"
+            values[option.field] = option.parse(text, source)
+        if values["compare_fail"] and values["compare"] is None:
+            raise ValueError(
+                "--mlx-compare-fail needs a baseline; add --mlx-compare=PATH "
+                "(a report saved with --mlx-report-json)"
+            )
+        for field in ("report_json", "report_html"):
+            if values[field] is not None:
+                values[field] = check_writable(values[field], named[field])
+        if values["report_json"] is not None and values["compare"] is not None:
+            refuse_same_file(values["report_json"], values["compare"], named)
+    except ValueError as exc:
+        raise pytest.UsageError(f"pytest-mlxcompile: {exc}") from None
     return Settings(**values)
+
+
+def refuse_same_file(report: str, baseline: str, named: dict[str, str]) -> None:
+    """A report written over the baseline it was compared with ratchets the gate: a run that
+    regressed (or one within tolerance, run after run) becomes the next run's reference."""
+    same = os.path.realpath(report) == os.path.realpath(baseline)
+    if not same and os.path.exists(report):
+        same = os.path.samefile(report, baseline)
+    if same:
+        raise ValueError(
+            f"{named['report_json']}={report!r} and {named['compare']}={baseline!r} are the "
+            "same file: "
+            "this run would overwrite its own baseline (even when the gate fails). Write the "
+            "report elsewhere (e.g. --mlx-report-json=new.json) and replace the baseline "
+            "deliberately when the run is good"
+        )
+
+
+def check_writable(path: str, flag: str) -> str:
+    """Check at start-up that a report can be written at ``path`` (folders may be missing).
+
+    Walks the parent folders as the OS will (a ``..`` after a missing folder cannot be
+    resolved), then creates and removes a temporary file in the nearest existing folder.
+    """
+    where = f"{flag}={path!r}: cannot write a report there"
+    parent = os.path.dirname(path)
+    current = os.sep if os.path.isabs(path) else ""
+    missing: str | None = None
+    for part in [p for p in parent.split(os.sep) if p]:
+        step = os.path.join(current, part)
+        if missing is not None:
+            if part == os.pardir:
+                raise ValueError(
+                    f"{where}: {missing!r} does not exist, so '..' after it cannot be resolved; "
+                    f"give the path without it, e.g. {os.path.normpath(path)!r}"
+                )
+        elif os.path.isdir(step or os.curdir):
+            current = step
+        elif os.path.exists(step):
+            raise ValueError(f"{where}: {step!r} is a file, not a folder")
+        else:
+            missing = step
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".mlx-report-probe-", dir=current or os.curdir)
+    except OSError as exc:
+        raise ValueError(f"{where}: {exc.strerror or exc} ({current or os.curdir!r})") from None
+    os.close(fd)
+    os.unlink(probe)
+    return path

@@ -7,12 +7,12 @@ from dataclasses import dataclass
 
 import pytest
 
-from pytest_mlxcompile.markers import CompiledMarker, MarkerError, from_item
+from pytest_mlxcompile.markers import MARKER, CompiledMarker, MarkerError, case_marked, from_item
 from pytest_mlxcompile.modes import Mode
 from pytest_mlxcompile.parity import Tolerance
 from pytest_mlxcompile.settings import Settings
 
-__all__ = ["MODE_PARAM", "VariantPlan", "parametrize", "plan"]
+__all__ = ["MODE_PARAM", "VariantPlan", "check_cases", "parametrize", "plan"]
 
 #: The parameter name the matrix uses; also the name of the ``mlx_mode`` fixture it overrides.
 MODE_PARAM = "mlx_mode"
@@ -55,7 +55,9 @@ def parametrize(
         error = ""
     if error:  # outside the except block: the report shows the message once, no chained copy
         pytest.fail(error, pytrace=False)
-    if not settings.matrix or not _is_member(marker, metafunc.fixturenames, settings):
+    if not settings.matrix:
+        return
+    if not _is_member(marker, metafunc.fixturenames, settings) and not _cases_marked(metafunc):
         return
     modes = settings.modes
     if marker is not None and marker.modes is not None:
@@ -86,6 +88,43 @@ def parametrize(
         )
         return
     metafunc.parametrize(MODE_PARAM, modes, ids=[m.value for m in modes])
+
+
+def _cases_marked(metafunc: pytest.Metafunc) -> bool:
+    """A parametrize case marked ``compiled`` makes its test a member of the matrix."""
+    for mark in metafunc.definition.iter_markers("parametrize"):
+        argvalues = mark.args[1] if len(mark.args) > 1 else mark.kwargs.get("argvalues")
+        if case_marked(argvalues):
+            return True
+    return False
+
+
+def check_cases(items: list[pytest.Item]) -> tuple[list[pytest.Item], list[pytest.Item]]:
+    """(kept, deselected): validate the markers of parametrize cases, and drop the matrix
+    variants a case's own ``modes=`` excludes (the function's own marker narrowed the matrix
+    already). A bad case marker is one collection error naming the case and the argument."""
+    kept: list[pytest.Item] = []
+    dropped: list[pytest.Item] = []
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        if callspec is None or not any(m.name == MARKER for m in callspec.marks):
+            kept.append(item)
+            continue
+        try:
+            marker = from_item(item, item.nodeid)
+        except MarkerError as exc:
+            error = str(exc)
+        else:
+            error = ""
+        if error:  # outside the except block: the report shows the message once
+            pytest.fail(error, pytrace=False)
+        mode = callspec.params.get(MODE_PARAM)
+        allowed = marker.modes if marker is not None else None
+        if isinstance(mode, Mode) and allowed is not None and mode not in allowed:
+            dropped.append(item)
+        else:
+            kept.append(item)
+    return kept, dropped
 
 
 def plan(item: pytest.Item, settings: Settings) -> VariantPlan | None:

@@ -77,8 +77,8 @@ def test_an_html_path_whose_folder_cannot_be_made_is_a_usage_error_before_any_te
     result = run("--mlx-report-html=blocker/report.html")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(
-        ["ERROR: pytest-mlxcompile: --mlx-report-html=blocker/report.html: cannot create its "
-         "folder */blocker: File exists"]
+        ["ERROR: pytest-mlxcompile: --mlx-report-html='blocker/report.html': cannot write a "
+         "report there: 'blocker' is a file, not a folder"]
     )  # fmt: skip
     assert "test_an_html_path" not in result.stdout.str()  # no test ran
 
