@@ -426,8 +426,7 @@ OPTIONS: tuple[Option, ...] = (
         False,
         is_flag=True,
         ini_types=("bool",),
-        # True needs coverage running: the settings-form tests run without it
-        example=False,
+        example=True,
         bad=("maybe",),
     ),
 )

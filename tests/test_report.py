@@ -96,7 +96,7 @@ def test_the_json_report_gets_the_permissions_a_plain_open_would_give(pytester, 
 @pytest.mark.parametrize(
     ("value", "message"),
     [
-        (".", "*--mlx-report-json: '.' is a directory; give a file such as ./mlx.json"),
+        (".", "*--mlx-report-json: '.' is a directory; give a file such as ./mlx-report.json"),
         ("report.xml", "*--mlx-report-json: 'report.xml' must end in .json (the report is JSON*"),
     ],
 )

@@ -240,7 +240,9 @@ def test_every_option_set_in_each_config_form_resolves_as_on_the_command_line(py
     _baseline(pytester.path / "baseline.json")
     pytester.makeconftest(_SHOW.format(fields=[o.field for o in OPTIONS]))
     pytester.makepyfile("def test_x(): pass")
-    expected = _settings_shown(run(*(arg for option in OPTIONS for arg in _cli(option))))
+    # --mlx-cov-context needs coverage measuring the run: pytest-cov, in both forms alike
+    cov = ("--cov=.", "--cov-report=")
+    expected = _settings_shown(run(*cov, *(arg for option in OPTIONS for arg in _cli(option))))
     assert set(expected) == {o.field for o in OPTIONS}
     if form == "pytest.ini":
         pytester.makeini("[pytest]\n" + "".join(f"{o.ini} = {_ini(o.example)}\n" for o in OPTIONS))
@@ -248,7 +250,7 @@ def test_every_option_set_in_each_config_form_resolves_as_on_the_command_line(py
         pytester.makepyprojecttoml(
             f"[{form}]\n" + "".join(f"{o.ini} = {_toml(o.example)}\n" for o in OPTIONS)
         )
-    result = run()
+    result = run(*cov)
     assert result.ret == pytest.ExitCode.OK, result.stderr.str()
     result.stdout.no_fnmatch_line("*PytestRemovedIn*Warning*")
     shown = _settings_shown(result)
@@ -337,13 +339,18 @@ MARKER_BAD = ("'nope'", "-1", "10**400", "float('nan')", "object()", "[[1]]")
 
 
 def _marker_cases() -> list[object]:
-    names = [name for name in CompiledMarker.__dataclass_fields__ if name != "max_recompiles"]
+    counts = ("max_recompiles", "max_shapes")  # any int >= 0 is a count, 10**400 included
+    names = [name for name in CompiledMarker.__dataclass_fields__ if name not in counts]
     cases = [
         pytest.param(name, value, id=f"{name}={value}") for name in names for value in MARKER_BAD
     ]
     cases += [
         pytest.param("max_recompiles", value, id=f"max_recompiles={value}")
         for value in ("'nope'", "-1", "1.5", "{'jit': 1}", "{'compiled': -1}", "object()")
+    ]
+    cases += [
+        pytest.param("max_shapes", value, id=f"max_shapes={value}")
+        for value in ("'nope'", "-1", "1.5", "object()")
     ]
     return cases
 
