@@ -15,7 +15,15 @@ from collections.abc import Callable, Sequence
 from types import ModuleType
 from typing import Any
 
-__all__ = ["MLX_CORE", "core", "is_loaded", "on_load"]
+__all__ = [
+    "MLX_CORE",
+    "Graph",
+    "core",
+    "is_loaded",
+    "is_placeholder",
+    "known_tracers",
+    "on_load",
+]
 
 MLX_CORE = "mlx.core"
 
@@ -132,18 +140,96 @@ def missing_backend(exc: BaseException) -> str | None:
     return None
 
 
-def is_placeholder(array: Any) -> bool:
-    """True for an array from a compile trace that escaped it.
+class Graph:
+    """The unevaluated graph behind some arrays, read from ``mx.export_to_dot`` (no evaluation).
 
-    Probe §2: evaluating is the only test, and on a placeholder it fails while walking the graph,
-    before computing anything. A tracer evaluated inside a transformation raises ValueError
-    instead: that is not a placeholder.
+    ``mx.export_to_dot`` is the one MLX API that shows an array's structure without evaluating
+    it: every array that has a primitive appears as the output of a numbered primitive node,
+    every array without one (evaluated data, or a compile tracer) as a source node. Arrays
+    passed by keyword keep their names in the text; MLX names nodes by the C++ array, so two
+    Python objects sharing one array (MLX hands out fresh wrappers) get one name, the last given.
     """
+
+    def __init__(self, named: dict[str, Any]) -> None:
+        import io
+
+        buffer = io.StringIO()
+        core().export_to_dot(buffer, **named)
+        #: node name -> id of the primitive that produces it (arrays with a primitive only)
+        self.producer: dict[str, str] = {}
+        #: primitive id -> names of its input nodes
+        self.inputs: dict[str, list[str]] = {}
+        #: every node name in the text
+        self.nodes: set[str] = set()
+        for line in buffer.getvalue().splitlines():
+            if line.startswith('"'):  # "A" -> 1234: an input of primitive 1234
+                name, _, primitive = line[1:].partition('" -> ')
+                self.inputs.setdefault(primitive, []).append(name)
+                self.nodes.add(name)
+            elif line[:1].isdigit():  # 1234 -> "B": primitive 1234 produces B
+                primitive, _, name = line.partition(' -> "')
+                self.producer[name[:-1]] = primitive
+                self.nodes.add(name[:-1])
+            elif line.startswith("{") and '"' in line:  # { rank=source; "A"; }
+                self.nodes.add(line.split('"')[1])
+        self._reaches: dict[str, bool] = {}
+
+    def fingerprint(self, name: str) -> str:
+        """What an array is now: the primitive producing it, ``leaf``, or ``?`` (renamed)."""
+        if name in self.producer:
+            return self.producer[name]
+        return "leaf" if name in self.nodes else "?"
+
+    def reaches(self, name: str, prefix: str) -> bool:
+        """Whether the graph of node ``name`` contains a node whose name starts with ``prefix``."""
+        stack, seen = [name], set()
+        while stack:
+            node = stack.pop()
+            if node.startswith(prefix):
+                return True
+            primitive = self.producer.get(node)
+            if primitive is None or node in seen:
+                continue
+            seen.add(node)
+            stack += self.inputs.get(primitive, ())
+        return False
+
+
+#: Tracers of the compile traces the sanitizer watched in the current test: an array whose graph
+#: reaches one of them is a placeholder. Cleared at the start of every test variant.
+known_tracers: list[Any] = []
+
+_TRACER = "tracer_"
+
+
+def is_placeholder(array: Any, tracers: Sequence[Any] = ()) -> bool:
+    """True for an array from a compile trace that escaped it; never evaluates unsafely.
+
+    A placeholder's graph reaches a compile tracer: an array that has no primitive and no data.
+    Probe §2 used ``mx.eval`` in try/except as the test, but that is only safe for an array
+    without a primitive: evaluating an array that a trace created computes it and detaches it
+    from the compiled graph MLX keeps, and the next call of that graph dereferences the detached
+    node (a segmentation fault; repros/mlx_escaped_tracer_eval_segfault.py). So:
+
+    - the graph (``mx.export_to_dot``, no evaluation) reaches one of ``tracers`` or of
+      :data:`known_tracers`, or is one of them: a placeholder;
+    - the array has no primitive: evaluating it computes nothing, so ``mx.eval`` says whether it
+      has data (the error "without a primitive" means it has none: a placeholder);
+    - otherwise (a lazy array whose graph reaches no known tracer) False: it is never evaluated.
+    """
+    named = {"array": array}
+    for index, tracer in enumerate((*tracers, *known_tracers)):
+        named[f"{_TRACER}{index}"] = tracer
+    graph = Graph(named)
+    if "array" not in graph.nodes or graph.reaches("array", _TRACER):
+        return True  # not in the text: it is a tracer, named by its later name
+    if "array" in graph.producer:
+        return False
     try:
         core().eval(array)
     except RuntimeError as exc:
         return "without a primitive" in str(exc)
-    except ValueError:
+    except ValueError:  # a tracer evaluated inside its own transformation: not escaped
         return False
     return False
 
