@@ -202,7 +202,7 @@ known_tracers: list[Any] = []
 _TRACER = "tracer_"
 
 
-def is_placeholder(array: Any, tracers: Sequence[Any] = ()) -> bool:
+def is_placeholder(array: Any, tracers: Sequence[Any] = (), *, evaluate_lazy: bool = False) -> bool:
     """True for an array from a compile trace that escaped it; never evaluates unsafely.
 
     A placeholder's graph reaches a compile tracer: an array that has no primitive and no data.
@@ -215,7 +215,9 @@ def is_placeholder(array: Any, tracers: Sequence[Any] = ()) -> bool:
       :data:`known_tracers`, or is one of them: a placeholder;
     - the array has no primitive: evaluating it computes nothing, so ``mx.eval`` says whether it
       has data (the error "without a primitive" means it has none: a placeholder);
-    - otherwise (a lazy array whose graph reaches no known tracer) False: it is never evaluated.
+    - otherwise (a lazy array whose graph reaches no known tracer) False: it is never evaluated,
+      unless ``evaluate_lazy`` says the program evaluates it next anyway (the RNG key: the next
+      random call consumes it), where ``mx.eval`` answers as in probe §2.
     """
     named = {"array": array}
     for index, tracer in enumerate((*tracers, *known_tracers)):
@@ -223,7 +225,7 @@ def is_placeholder(array: Any, tracers: Sequence[Any] = ()) -> bool:
     graph = Graph(named)
     if "array" not in graph.nodes or graph.reaches("array", _TRACER):
         return True  # not in the text: it is a tracer, named by its later name
-    if "array" in graph.producer:
+    if "array" in graph.producer and not evaluate_lazy:
         return False
     try:
         core().eval(array)

@@ -149,13 +149,18 @@ def _captures(fun: object, array_type: type, skip: set[int]) -> list[Captured]:
 
 
 # the reachable state -------------------------------------------------------------------------
-def _frozen_number(old: object, new: object) -> bool:
-    """A Python number the trace changed: an offset or a counter that the graph freezes.
+def _frozen_number(slot: Slot, old: object, new: object) -> bool:
+    """A Python number in an object's attribute that the trace changed (``cache.offset``).
 
-    Booleans and strings are left out as a class: they flip once in lazy initialisation
-    (``Optimizer._initialized``: False -> True on the first update) and the next eager call would
-    set the same value again, so nothing is lost when the graph does not repeat it.
+    Left out, each as a class:
+    - booleans and strings: they flip once in lazy initialisation (``Optimizer._initialized``:
+      False -> True on the first update) and the next eager call would set the same value again;
+    - module globals, closure cells, and dict/list items: where code keeps trace counters
+      (``nonlocal traces; traces += 1``, ``RUNS["f"] += 1``), which count exactly what they
+      mean to; state a model reads back (an offset, a step) lives on an object.
     """
+    if not slot.is_attribute or isinstance(slot.holder, (types.CellType, types.ModuleType, type)):
+        return False
     numbers = (int, float, complex)
     if isinstance(old, bool) or isinstance(new, bool):
         return False
@@ -274,7 +279,7 @@ def _diff(
         now = entry.slot.value
         if not isinstance(now, array_type):
             old = before.entries.get(key)
-            if old is not None and _frozen_number(old.slot.value, now):
+            if old is not None and _frozen_number(entry.slot, old.slot.value, now):
                 found.append(_Finding("python", key, entry.origin, now, old.slot.value))
             continue
         name = f"a{index}"
