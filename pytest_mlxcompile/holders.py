@@ -148,6 +148,15 @@ def _stateful(module_name: object) -> bool:
     return not _foreign(module_name) or f"{module_name}.".startswith(_MLX_STATEFUL)
 
 
+def _public_name(owner: object, name: str) -> str:
+    """``_state`` behind a ``state`` property (an optimizer's): the name its users write."""
+    if name.startswith("_") and not name.startswith("__"):
+        public = name[1:]
+        if isinstance(getattr(type(owner), public, None), property):
+            return public
+    return name
+
+
 def _is_module_tree(value: object) -> bool:
     """An ``mlx.nn.Module``: a dict whose entries users read as attributes."""
     return isinstance(value, dict) and any(
@@ -234,7 +243,7 @@ class _Walk:
             if isinstance(item, _SCALARS) and name not in names and not self.everything:
                 continue  # a Python attribute the code never names cannot be baked in
             yield from self.value(
-                path.attribute(name, owner),
+                path.attribute(_public_name(owner, name), owner),
                 owner,
                 name,
                 True,

@@ -269,9 +269,18 @@ class _Finding:
 
 
 def _diff(
-    before: _Snapshot, after: _Snapshot, graph: _mlx.Graph, tracers: list[Any], known: set[int]
+    before: _Snapshot,
+    after: _Snapshot,
+    graph: _mlx.Graph,
+    tracers: list[Any],
+    known: set[int],
+    *,
+    raised: bool = False,
 ) -> list[_Finding]:
-    """What the trace wrote into the reachable state, judged without evaluating anything."""
+    """What the trace wrote into the reachable state, judged without evaluating anything.
+
+    After a trace that raised, MLX wrote nothing back, not even into declared ``outputs=``.
+    """
     array_type = _mlx.core().array
     found: list[_Finding] = []
     index = 0
@@ -284,7 +293,7 @@ def _diff(
             continue
         name = f"a{index}"
         index += 1
-        if entry.origin == "outputs":
+        if entry.origin == "outputs" and not raised:
             continue  # MLX wrote the traced value back: declared state done right
         old = before.entries.get(key)
         fingerprint = graph.fingerprint(name)
@@ -438,7 +447,7 @@ class Sanitizer(Observer):
         self._aborted = None
         if trace is None or trace.record is not record:
             return
-        findings = [f for f in self._findings(trace) if f.kind == "placeholder"]
+        findings = [f for f in self._findings(trace, raised=True) if f.kind == "placeholder"]
         if findings:
             self._aborted = self._diagnose(trace, findings, raised=exc)
 
@@ -453,7 +462,7 @@ class Sanitizer(Observer):
         aborted, self._aborted = self._aborted, None
         if aborted is None and trace is not None and trace.record is record:
             # no call_aborted (an older instrument): judge now, after declared state came back
-            findings = [f for f in self._findings(trace) if f.kind == "placeholder"]
+            findings = [f for f in self._findings(trace, raised=True) if f.kind == "placeholder"]
             aborted = self._diagnose(trace, findings, raised=exc) if findings else None
         if aborted is not None:
             raise aborted from exc
@@ -556,7 +565,7 @@ class Sanitizer(Observer):
             trace.random_advanced = True
 
     # leaks ---------------------------------------------------------------------------------
-    def _findings(self, trace: _Trace) -> list[_Finding]:
+    def _findings(self, trace: _Trace, *, raised: bool = False) -> list[_Finding]:
         """Diff the reachable state against the trace's start (traces only, never cache hits)."""
         before = trace.snapshot
         if before is None:
@@ -568,7 +577,7 @@ class Sanitizer(Observer):
         def after() -> list[_Finding]:
             extra = before.added_globals(array)
             snapshot, graph = _Snapshot.take(record, array, trace.tracers, extra)
-            return _diff(before, snapshot, graph, trace.tracers, trace.known)
+            return _diff(before, snapshot, graph, trace.tracers, trace.known, raised=raised)
 
         return _guarded(after, record, "leak")
 
