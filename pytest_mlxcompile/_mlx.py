@@ -23,6 +23,7 @@ __all__ = [
     "is_placeholder",
     "known_tracers",
     "on_load",
+    "placeholders",
 ]
 
 MLX_CORE = "mlx.core"
@@ -140,39 +141,53 @@ def missing_backend(exc: BaseException) -> str | None:
     return None
 
 
+#: names per ``mx.export_to_dot`` call: nanobind refuses more than 1024 keyword arguments
+_NAMES_PER_EXPORT = 900
+
+
 class Graph:
     """The unevaluated graph behind some arrays, read from ``mx.export_to_dot`` (no evaluation).
 
     ``mx.export_to_dot`` is the one MLX API that shows an array's structure without evaluating
     it: every array that has a primitive appears as the output of a numbered primitive node,
     every array without one (evaluated data, or a compile tracer) as a source node. Arrays
-    passed by keyword keep their names in the text; MLX names nodes by the C++ array, so two
-    Python objects sharing one array (MLX hands out fresh wrappers) get one name, the last given.
+    passed by keyword keep their names in the text (use lowercase names: MLX names the others
+    A, B, ...); MLX names nodes by the C++ array, so two Python objects sharing one array (MLX
+    hands out fresh wrappers) get one name, the last given. More names than one call takes are
+    exported in chunks, each chunk's unnamed nodes kept apart.
     """
 
     def __init__(self, named: dict[str, Any]) -> None:
-        import io
-
-        buffer = io.StringIO()
-        core().export_to_dot(buffer, **named)
         #: node name -> id of the primitive that produces it (arrays with a primitive only)
         self.producer: dict[str, str] = {}
         #: primitive id -> names of its input nodes
         self.inputs: dict[str, list[str]] = {}
         #: every node name in the text
         self.nodes: set[str] = set()
+        items = list(named.items())
+        for chunk in range(0, max(len(items), 1), _NAMES_PER_EXPORT):
+            self._read(dict(items[chunk : chunk + _NAMES_PER_EXPORT]), f"{chunk}:")
+
+    def _read(self, named: dict[str, Any], scope: str) -> None:
+        import io
+
+        buffer = io.StringIO()
+        core().export_to_dot(buffer, **named)
+
+        def node(name: str) -> str:
+            return name if name in named else scope + name
+
         for line in buffer.getvalue().splitlines():
             if line.startswith('"'):  # "A" -> 1234: an input of primitive 1234
                 name, _, primitive = line[1:].partition('" -> ')
-                self.inputs.setdefault(primitive, []).append(name)
-                self.nodes.add(name)
+                self.inputs.setdefault(primitive, []).append(node(name))
+                self.nodes.add(node(name))
             elif line[:1].isdigit():  # 1234 -> "B": primitive 1234 produces B
                 primitive, _, name = line.partition(' -> "')
-                self.producer[name[:-1]] = primitive
-                self.nodes.add(name[:-1])
+                self.producer[node(name[:-1])] = primitive
+                self.nodes.add(node(name[:-1]))
             elif line.startswith("{") and '"' in line:  # { rank=source; "A"; }
-                self.nodes.add(line.split('"')[1])
-        self._reaches: dict[str, bool] = {}
+                self.nodes.add(node(line.split('"')[1]))
 
     def fingerprint(self, name: str) -> str:
         """What an array is now: the primitive producing it, ``leaf``, or ``?`` (renamed)."""
@@ -202,31 +217,8 @@ known_tracers: list[Any] = []
 _TRACER = "tracer_"
 
 
-def is_placeholder(array: Any, tracers: Sequence[Any] = (), *, evaluate_lazy: bool = False) -> bool:
-    """True for an array from a compile trace that escaped it; never evaluates unsafely.
-
-    A placeholder's graph reaches a compile tracer: an array that has no primitive and no data.
-    Probe §2 used ``mx.eval`` in try/except as the test, but that is only safe for an array
-    without a primitive: evaluating an array that a trace created computes it and detaches it
-    from the compiled graph MLX keeps, and the next call of that graph dereferences the detached
-    node (a segmentation fault; repros/mlx_escaped_tracer_eval_segfault.py). So:
-
-    - the graph (``mx.export_to_dot``, no evaluation) reaches one of ``tracers`` or of
-      :data:`known_tracers`, or is one of them: a placeholder;
-    - the array has no primitive: evaluating it computes nothing, so ``mx.eval`` says whether it
-      has data (the error "without a primitive" means it has none: a placeholder);
-    - otherwise (a lazy array whose graph reaches no known tracer) False: it is never evaluated,
-      unless ``evaluate_lazy`` says the program evaluates it next anyway (the RNG key: the next
-      random call consumes it), where ``mx.eval`` answers as in probe §2.
-    """
-    named = {"array": array}
-    for index, tracer in enumerate((*tracers, *known_tracers)):
-        named[f"{_TRACER}{index}"] = tracer
-    graph = Graph(named)
-    if "array" not in graph.nodes or graph.reaches("array", _TRACER):
-        return True  # not in the text: it is a tracer, named by its later name
-    if "array" in graph.producer and not evaluate_lazy:
-        return False
+def _leaf_placeholder(array: Any) -> bool:
+    """For an array without a primitive: evaluating it computes nothing, so it is safe."""
     try:
         core().eval(array)
     except RuntimeError as exc:
@@ -234,6 +226,64 @@ def is_placeholder(array: Any, tracers: Sequence[Any] = (), *, evaluate_lazy: bo
     except ValueError:  # a tracer evaluated inside its own transformation: not escaped
         return False
     return False
+
+
+def placeholders(arrays: Sequence[Any], tracers: Sequence[Any] = ()) -> list[str]:
+    """For each array ``"placeholder"``, ``"lazy"`` (it has a primitive) or ``"data"``.
+
+    Never evaluates an array with a primitive.
+
+    A placeholder's graph reaches a compile tracer: an array that has no primitive and no data.
+    Probe §2 used ``mx.eval`` in try/except as the test, but that is only safe for an array
+    without a primitive: evaluating an array that a trace created computes it and detaches it
+    from the compiled graph MLX keeps, and the next call of that graph dereferences the detached
+    node (a segmentation fault; repros/mlx_escaped_tracer_eval_segfault.py). So:
+
+    - an array without a primitive (``mx.export_to_dot`` shows a source node): ``mx.eval``
+      computes nothing, and its error "without a primitive" says it has no data;
+    - an array with a primitive: a placeholder when its graph reaches one of ``tracers`` (or of
+      :data:`known_tracers`) or is one of them, read from ``mx.export_to_dot``, never evaluated.
+    """
+    result = ["data"] * len(arrays)
+    if not arrays:
+        return result
+    shape = Graph({f"a{i}": a for i, a in enumerate(arrays)})
+    lazy: list[int] = []
+    for index, array in enumerate(arrays):
+        if shape.fingerprint(f"a{index}") == "leaf":
+            if _leaf_placeholder(array):
+                result[index] = "placeholder"
+        else:
+            result[index] = "lazy"
+            lazy.append(index)
+    every = [*tracers, *known_tracers]
+    if not lazy or not every:
+        return result
+    half = _NAMES_PER_EXPORT // 2
+    for start in range(0, len(lazy), half):
+        group = lazy[start : start + half]
+        for first in range(0, len(every), half):
+            named = {f"a{i}": arrays[i] for i in group}
+            named.update({f"{_TRACER}{j}": t for j, t in enumerate(every[first : first + half])})
+            graph = Graph(named)
+            for i in group:
+                name = f"a{i}"
+                # not in the text: it is a tracer, named by its later name
+                if name not in graph.nodes or graph.reaches(name, _TRACER):
+                    result[i] = "placeholder"
+    return result
+
+
+def is_placeholder(array: Any, tracers: Sequence[Any] = (), *, evaluate_lazy: bool = False) -> bool:
+    """True for an array from a compile trace that escaped it; see :func:`placeholders`.
+
+    ``evaluate_lazy`` is for an array the program evaluates next anyway (the RNG key: the next
+    random call consumes it): then ``mx.eval`` answers for a lazy array too, as in probe §2.
+    """
+    kind = placeholders([array], tracers)[0]
+    if kind == "lazy" and evaluate_lazy:
+        return _leaf_placeholder(array)
+    return kind == "placeholder"
 
 
 def refuses_shapeless(exc: BaseException) -> bool:

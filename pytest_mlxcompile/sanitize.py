@@ -183,7 +183,7 @@ class _Entry:
 class _Snapshot:
     """The state a compiled function can reach, at one moment (the start or end of a trace)."""
 
-    entries: dict[str, _Entry]
+    entries: dict[Path, _Entry]
     #: module namespaces the walk read globals from, with the names they held
     scopes: dict[int, tuple[dict[str, Any], frozenset[str]]]
     #: strong references: an array freed during the trace could hand its id to a new one
@@ -194,39 +194,32 @@ class _Snapshot:
         cls,
         record: FunctionRecord,
         array_type: type,
-        tracers: list[Any] | None = None,
         extra: list[tuple[Slot, str]] | None = None,
+        key_origin: str | None = None,
     ) -> tuple[_Snapshot, _mlx.Graph]:
         fn = record.fn
-        state = _mlx.core().random.state
         declared: list[tuple[str, Path, object]] = []
         if fn.outputs is not None:
             declared.append(("outputs", Path("declared outputs=", "outputs"), fn.outputs))
         if fn.inputs is not None:
             declared.append(("inputs", Path("declared inputs=", "inputs"), fn.inputs))
-        if _random_captured(fn.outputs, None, state, either=True):
-            key_origin = "outputs"
-        elif _random_captured(fn.inputs, None, state, either=True):
-            key_origin = "inputs"
-        else:
-            key_origin = ""
+        if key_origin is None:
+            key_origin = _random_origin(fn.inputs, fn.outputs)
         keys = _mlx.random_key_list()
         declared.append((key_origin, Path("mx.random.state", "mx.random.state"), keys))
         slots, scopes = holders.state_slots(fn.fun, declared, array_type)
         slots += extra or []
-        entries: dict[str, _Entry] = {}
+        entries: dict[Path, _Entry] = {}
         arrays: list[Any] = []
         named: dict[str, Any] = {}
         for slot, origin in slots:
-            key = str(slot.path)
+            key = slot.path
             if key in entries:
                 continue
             entries[key] = _Entry(slot, origin)
             if isinstance(slot.value, array_type):
                 arrays.append(slot.value)
                 named[f"a{len(named)}"] = slot.value
-        for index, tracer in enumerate(tracers or ()):
-            named[f"tracer_{index}"] = tracer
         graph = _mlx.Graph(named)
         index = 0
         for entry in entries.values():
@@ -277,39 +270,38 @@ def _diff(
     *,
     raised: bool = False,
 ) -> list[_Finding]:
-    """What the trace wrote into the reachable state, judged without evaluating anything.
+    """What the trace wrote into the reachable state, judged without evaluating anything unsafe.
 
     After a trace that raised, MLX wrote nothing back, not even into declared ``outputs=``.
     """
     array_type = _mlx.core().array
     found: list[_Finding] = []
+    candidates: list[tuple[Path, _Entry, str, _Entry | None]] = []
     index = 0
     for key, entry in after.entries.items():
         now = entry.slot.value
+        old = before.entries.get(key)
         if not isinstance(now, array_type):
-            old = before.entries.get(key)
             if old is not None and _frozen_number(entry.slot, old.slot.value, now):
-                found.append(_Finding("python", key, entry.origin, now, old.slot.value))
+                found.append(_Finding("python", str(key), entry.origin, now, old.slot.value))
             continue
-        name = f"a{index}"
+        fingerprint = graph.fingerprint(f"a{index}")
         index += 1
         if entry.origin == "outputs" and not raised:
             continue  # MLX wrote the traced value back: declared state done right
-        old = before.entries.get(key)
-        fingerprint = graph.fingerprint(name)
         if (
-            old is not None
+            entry.origin == ""
+            and old is not None
             and old.slot.value is now
             and old.fingerprint == fingerprint != "?"
-            and entry.origin == ""
         ):
             continue  # untouched
-        if fingerprint == "?":  # renamed: a second wrapper of an array named again later
-            placeholder = _mlx.is_placeholder(now, tracers)
-        else:
-            placeholder = graph.reaches(name, "tracer_")
-        if placeholder:
-            found.append(_Finding("placeholder", key, entry.origin, now))
+        candidates.append((key, entry, fingerprint, old))
+    verdicts = _mlx.placeholders([entry.slot.value for _, entry, _, _ in candidates], tracers)
+    for (key, entry, fingerprint, old), verdict in zip(candidates, verdicts, strict=True):
+        now = entry.slot.value
+        if verdict == "placeholder":
+            found.append(_Finding("placeholder", str(key), entry.origin, now))
         elif (
             entry.origin == ""
             and fingerprint not in ("leaf", "?")
@@ -317,7 +309,7 @@ def _diff(
         ):
             # Computed while tracing from no traced input (a constant of the graph), or an
             # array updated in place: the graph does it only while tracing.
-            found.append(_Finding("constant", key, entry.origin, now))
+            found.append(_Finding("constant", str(key), entry.origin, now))
     return found
 
 
@@ -332,6 +324,10 @@ class _Trace:
     tracers: list[Any]
     captured: list[Captured]
     snapshot: _Snapshot | None = None
+    #: where mx.random.state is declared (see _random_origin), looked up once per trace
+    key_origin: str = ""
+    #: mx.random.state is declared in both inputs= and outputs=
+    random_captured: bool = False
     #: ids of arrays that existed before the trace (the snapshot's and the call's arguments)
     known: set[int] = field(default_factory=set)
     random_advanced: bool = False
@@ -528,7 +524,9 @@ class Sanitizer(Observer):
             if tree is not None:
                 tracers += holders.array_leaves(tree, array, [])  # MLX swapped in tracers
         keys = _mlx.random_key_list()
-        if _random_captured(record.fn.inputs, None, mx.random.state, either=True):
+        random_in = _random_captured(record.fn.inputs, None, mx.random.state, either=True)
+        random_out = _random_captured(record.fn.outputs, None, mx.random.state, either=True)
+        if random_in:
             tracers.append(keys[0])
         _mlx.known_tracers.extend(tracers)
         known = {id(a) for a in holders.array_leaves(self._call, array, [])}
@@ -542,7 +540,11 @@ class Sanitizer(Observer):
             tracers=tracers,
             captured=captured,
         )
-        snapshot = _guarded_one(lambda: _Snapshot.take(record, array)[0], record, "leak")
+        trace.random_captured = random_in and random_out
+        trace.key_origin = "outputs" if random_out else "inputs" if random_in else ""
+        snapshot = _guarded_one(
+            lambda: _Snapshot.take(record, array, key_origin=trace.key_origin)[0], record, "leak"
+        )
         if snapshot is not None:
             trace.snapshot = snapshot
             trace.known = known | {id(a) for a in snapshot.arrays}
@@ -559,9 +561,7 @@ class Sanitizer(Observer):
             trace.depth -= 1  # a recursive call's trace ended; the outermost is still running
             return
         self._spy.pause()
-        if _mlx.random_key_list()[0] is not trace.key_before and not _random_captured(
-            record.fn.inputs, record.fn.outputs, self._mx.random.state
-        ):
+        if _mlx.random_key_list()[0] is not trace.key_before and not trace.random_captured:
             trace.random_advanced = True
 
     # leaks ---------------------------------------------------------------------------------
@@ -576,7 +576,7 @@ class Sanitizer(Observer):
 
         def after() -> list[_Finding]:
             extra = before.added_globals(array)
-            snapshot, graph = _Snapshot.take(record, array, trace.tracers, extra)
+            snapshot, graph = _Snapshot.take(record, array, extra, trace.key_origin)
             return _diff(before, snapshot, graph, trace.tracers, trace.known, raised=raised)
 
         return _guarded(after, record, "leak")
@@ -694,18 +694,16 @@ class Sanitizer(Observer):
         stop_gradient = self._mx.stop_gradient
         kept: list[Captured] = []
         values = [c.slot.value for c in trace.captured if isinstance(c.slot.value, array)]
-        graph = _mlx.Graph({f"c{i}": v for i, v in enumerate(values)}) if values else None
-        index = -1
+        verdicts = iter(_mlx.placeholders(values, trace.tracers))
         for captured in trace.captured:
             value = captured.slot.value
             if isinstance(value, array):
-                index += 1
-                assert graph is not None
-                if _mlx.is_placeholder(value, trace.tracers):
+                verdict = next(verdicts)
+                if verdict == "placeholder":
                     continue  # reported as a leak, or set during the trace: not a capture
                 captured.alias = stop_gradient(value)
-                if graph.fingerprint(f"c{index}") != "leaf":
-                    kept.append(captured)  # lazy: evaluating it is the test's business
+                if verdict == "lazy":
+                    kept.append(captured)  # evaluating it is the test's business, not ours
                     continue
                 address = buffer_address(value)
                 # A device whose DLPack export copies would show a new address on every read:
@@ -826,6 +824,16 @@ def _guarded_one(walk: Callable[[], _T], record: FunctionRecord, check: str) -> 
 def _short(name: str) -> str:
     """``make.<locals>.f`` -> ``f``: the name as code that compiles it would spell it."""
     return name.rsplit(".", 1)[-1]
+
+
+def _random_origin(inputs: object, outputs: object) -> str:
+    """Where ``mx.random.state`` is declared: "outputs", "inputs" (only), or ""."""
+    state = _mlx.core().random.state
+    if _random_captured(outputs, None, state, either=True):
+        return "outputs"
+    if _random_captured(inputs, None, state, either=True):
+        return "inputs"
+    return ""
 
 
 def _random_captured(
