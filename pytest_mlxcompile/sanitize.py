@@ -29,7 +29,7 @@ import os
 import types
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 import pytest
@@ -709,6 +709,12 @@ class Sanitizer(Observer):
                 # A device whose DLPack export copies would show a new address on every read:
                 # then only identity is compared, never a false "updated in place".
                 captured.address = address if address == buffer_address(value) else None
+            else:
+                # What the trace itself wrote (a trace counter) is judged by the state diff;
+                # from here on, a change is one made after the graph was built.
+                now = captured.slot.current()
+                if not holders.missing(now):
+                    captured.slot = replace(captured.slot, value=now)
             kept.append(captured)
         self._captured[trace.record] = kept
 

@@ -528,3 +528,42 @@ def test_the_reachable_state_is_walked_on_traces_only_never_on_cache_hits(pytest
     run().assert_outcomes(passed=1)
     # one trace: one walk when it starts, one after its call; the 19 cache hits walk nothing
     assert json.loads((pytester.path / "walks.json").read_text()) == 2
+
+
+def test_a_trace_counter_in_a_global_or_a_closure_is_not_a_diagnosis(pytester, run):
+    pytester.makepyfile(
+        """
+        import mlx.core as mx
+        import pytest
+
+        traces = 0
+
+        @mx.compile
+        def f(x):
+            global traces
+            traces += 1
+            return x * 2
+
+        def make():
+            count = 0
+
+            @mx.compile
+            def g(x):
+                nonlocal count
+                count += 1
+                return x + 1
+
+            return g, lambda: count
+
+        @pytest.mark.compiled
+        def test_x():
+            g, count = make()
+            for _ in range(3):
+                f(mx.ones(2))
+                g(mx.ones(2))
+            assert traces == 1
+            assert count() == 1
+        """
+    )
+    # parity off: the eager shadow runs the Python body again and would count too
+    run("--mlx-parity=off").assert_outcomes(passed=1)
