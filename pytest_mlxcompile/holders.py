@@ -394,17 +394,15 @@ def tree_slots(path: Path, tree: object, array_type: type) -> Iterator[Slot]:
     return _Walk(array_type, set()).value(path, None, None, False, tree, frozenset(), False, 0)
 
 
-def array_leaves(tree: object, array_type: type, into: list[Any], depth: int = 0) -> list[Any]:
-    """Arrays in a tree of lists, tuples and dicts (arguments, declared state), in order."""
-    if isinstance(tree, array_type):
-        into.append(tree)
-    elif depth < MAX_DEPTH * 4:
-        if isinstance(tree, (list, tuple)):
-            for item in tree:
-                array_leaves(item, array_type, into, depth + 1)
-        elif isinstance(tree, dict):
-            for item in tree.values():
-                array_leaves(item, array_type, into, depth + 1)
+def array_leaves(tree: object, array_type: type, into: list[Any]) -> list[Any]:
+    """Arrays in a tree of lists, tuples and dicts (arguments, declared state), in order.
+
+    The walk MLX's compile does over its arguments and declared state: ``mlx.utils.tree_flatten``.
+    """
+    from mlx.utils import tree_flatten
+
+    flat: Any = tree_flatten(tree)  # MLX's stub types the pairs loosely
+    into += [leaf for _, leaf in flat if isinstance(leaf, array_type)]
     return into
 
 

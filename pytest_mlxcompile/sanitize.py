@@ -3,11 +3,16 @@ shapeless probe, each turned into its own error class with what/where/why/fix.
 
 Mechanisms are the measured ones in reference/mlx-compile-probe.md ("Detection recipes"):
 
-- leaks (§2, §12): while tracing, a ``gc`` sweep before and after the body finds the arrays
-  that appeared (plus the tracer inputs); after the call, ``mx.eval`` in try/except matching
-  "without a primitive" is the only placeholder test, applied to those and to every leaf of the
-  declared state. Holders are named by walking what the function reaches
-  (:mod:`pytest_mlxcompile.holders`), with one ``gc.get_referrers`` pass as a fallback.
+- the reachable state (:func:`holders.state_slots`): what the function reaches through its
+  globals, closures, defaults, ``self``, ``functools.partial`` arguments, the declared
+  ``inputs=``/``outputs=`` trees and the RNG key. It is walked when a trace starts and again when
+  its call returns (traces only, never cache hits), and the two pictures are diffed path by path
+  (:func:`_diff`): an array rebound or changed in place that is not declared in ``outputs=`` is
+  an undeclared output, a placeholder leak when its graph reaches a tracer of this trace; a Python
+  number on an object that changed is frozen state. A trace that raised is diffed before declared
+  state is put back. No heap scan: the cost follows what the function reaches.
+- placeholders (:func:`_mlx.placeholders`): read from the graph (``mx.export_to_dot``), never by
+  evaluating an array a trace created; that corrupts MLX's compile cache (a segfault).
 - stale captures (§4): at trace time, the arrays and named Python scalars the function reads
   that are not arguments nor declared state; before later calls, identity AND data-buffer address
   (an alias, ``mx.stop_gradient(W)``, holds the old buffer so donation cannot reuse the address).
@@ -17,8 +22,9 @@ Mechanisms are the measured ones in reference/mlx-compile-probe.md ("Detection r
 - shapeless (§6): replay the last call at other sizes, compare with eager; a ``.shape``/``.size``
   spy during the shapeless trace gives the hint.
 
-All of the heap walking happens on traces only. A cache-hit call costs an identity check and a
-buffer-address read per captured array (see benchmarks/bench_sanitize_overhead.py).
+A cache-hit call costs an identity check and a buffer-address read per captured array (see
+benchmarks/bench_sanitize_overhead.py); a trace, two walks of the reachable state (see
+benchmarks/bench_reachable_walk.py).
 """
 
 from __future__ import annotations
@@ -520,9 +526,11 @@ class Sanitizer(Observer):
         mx = self._mx
         array = mx.array
         tracers = holders.array_leaves((args, kwargs), array, [])
-        for tree in (record.fn.inputs, record.fn.outputs):
-            if tree is not None:
-                tracers += holders.array_leaves(tree, array, [])  # MLX swapped in tracers
+        if record.fn.inputs is not None:  # MLX swapped tracers into what inputs= declares
+            tracers += holders.array_leaves(record.fn.inputs, array, [])
+        declared = list(tracers)
+        if record.fn.outputs is not None:  # real arrays, written back after the call
+            declared += holders.array_leaves(record.fn.outputs, array, [])
         keys = _mlx.random_key_list()
         random_in = _random_captured(record.fn.inputs, None, mx.random.state, either=True)
         random_out = _random_captured(record.fn.outputs, None, mx.random.state, either=True)
@@ -530,7 +538,7 @@ class Sanitizer(Observer):
             tracers.append(keys[0])
         _mlx.known_tracers.extend(tracers)
         known = {id(a) for a in holders.array_leaves(self._call, array, [])}
-        skip = self._exclusions(record, tracers)
+        skip = self._exclusions(record, declared)
         self._call = ((), {})
         captured = _guarded(lambda: _captures(record.fn.fun, array, skip), record, "stale-capture")
         trace = self._trace = _Trace(
