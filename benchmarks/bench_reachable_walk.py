@@ -6,7 +6,7 @@ The model is an ``nn.Sequential`` of ``--layers`` Linear layers (two parameter a
 arrays by default) with an Adam optimizer, compiled as a training step with its state declared
 (``inputs=state, outputs=state``) — the shape of real code. Printed, in milliseconds:
 
-- one walk: ``_Snapshot.take`` alone (the walk plus one ``mx.export_to_dot`` of every array);
+- one walk: ``_Snapshot.take`` alone (the walk plus ``mx.export_to_dot`` of every array);
 - a traced call (a fresh variant's first call: trace + compile + both walks) with the sanitizer
   off and on, and the difference, which is the per-trace cost of the checks;
 - a cache-hit call, off and on: the walk never runs there, so the ratio stays near 1.

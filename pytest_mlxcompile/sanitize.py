@@ -183,6 +183,8 @@ class _Entry:
     origin: str
     #: for an array, what it was (``_mlx.Graph.fingerprint``): identity alone misses ``a[i] = v``
     fingerprint: str = ""
+    #: for an array, its name in the snapshot's graph (one per array object, however many paths)
+    name: str = ""
 
 
 @dataclass
@@ -202,7 +204,7 @@ class _Snapshot:
         array_type: type,
         extra: list[tuple[Slot, str]] | None = None,
         key_origin: str | None = None,
-    ) -> tuple[_Snapshot, _mlx.Graph]:
+    ) -> _Snapshot:
         fn = record.fn
         declared: list[tuple[str, Path, object]] = []
         if fn.outputs is not None:
@@ -217,25 +219,23 @@ class _Snapshot:
         slots += extra or []
         entries: dict[Path, _Entry] = {}
         arrays: list[Any] = []
-        named: dict[str, Any] = {}
+        names: dict[int, str] = {}
         for slot, origin in slots:
             key = slot.path
             if key in entries:
                 continue
-            entries[key] = _Entry(slot, origin)
+            entry = entries[key] = _Entry(slot, origin)
             if isinstance(slot.value, array_type):
-                arrays.append(slot.value)
-                named[f"a{len(named)}"] = slot.value
-        graph = _mlx.Graph(named)
-        index = 0
+                name = names.get(id(slot.value))
+                if name is None:
+                    name = names[id(slot.value)] = f"a{len(arrays)}"
+                    arrays.append(slot.value)
+                entry.name = name
+        graph = _mlx.Graph({f"a{index}": a for index, a in enumerate(arrays)})
         for entry in entries.values():
-            if isinstance(entry.slot.value, array_type):
-                entry.fingerprint = graph.fingerprint(f"a{index}")
-                index += 1
-        return (
-            cls(entries, {k: (v, frozenset(v)) for k, v in scopes.items()}, arrays),
-            graph,
-        )
+            if entry.name:
+                entry.fingerprint = graph.fingerprint(entry.name)
+        return cls(entries, {k: (v, frozenset(v)) for k, v in scopes.items()}, arrays)
 
     def added_globals(self, array_type: type) -> list[tuple[Slot, str]]:
         """Arrays stored under global names that appeared since (``globals()["last"] = y``)."""
@@ -270,7 +270,6 @@ class _Finding:
 def _diff(
     before: _Snapshot,
     after: _Snapshot,
-    graph: _mlx.Graph,
     tracers: list[Any],
     known: set[int],
     *,
@@ -283,7 +282,6 @@ def _diff(
     array_type = _mlx.core().array
     found: list[_Finding] = []
     candidates: list[tuple[Path, _Entry, str, _Entry | None]] = []
-    index = 0
     for key, entry in after.entries.items():
         now = entry.slot.value
         old = before.entries.get(key)
@@ -291,8 +289,7 @@ def _diff(
             if old is not None and _frozen_number(entry.slot, old.slot.value, now):
                 found.append(_Finding("python", str(key), entry.origin, now, old.slot.value))
             continue
-        fingerprint = graph.fingerprint(f"a{index}")
-        index += 1
+        fingerprint = entry.fingerprint
         if entry.origin == "outputs" and not raised:
             continue  # MLX wrote the traced value back: declared state done right
         if (
@@ -551,7 +548,7 @@ class Sanitizer(Observer):
         trace.random_captured = random_in and random_out
         trace.key_origin = "outputs" if random_out else "inputs" if random_in else ""
         snapshot = _guarded_one(
-            lambda: _Snapshot.take(record, array, key_origin=trace.key_origin)[0], record, "leak"
+            lambda: _Snapshot.take(record, array, key_origin=trace.key_origin), record, "leak"
         )
         if snapshot is not None:
             trace.snapshot = snapshot
@@ -584,8 +581,8 @@ class Sanitizer(Observer):
 
         def after() -> list[_Finding]:
             extra = before.added_globals(array)
-            snapshot, graph = _Snapshot.take(record, array, extra, trace.key_origin)
-            return _diff(before, snapshot, graph, trace.tracers, trace.known, raised=raised)
+            snapshot = _Snapshot.take(record, array, extra, trace.key_origin)
+            return _diff(before, snapshot, trace.tracers, trace.known, raised=raised)
 
         return _guarded(after, record, "leak")
 
