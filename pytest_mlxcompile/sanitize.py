@@ -622,10 +622,16 @@ class Sanitizer(Observer):
                 "eval an array without a primitive' (for mx.random.state: every later random "
                 "call in the process)"
             )
+            restored = (
+                "pytest-mlxcompile repairs mx.random.state after this test"
+                if any(holder.startswith("mx.random.state") for holder, _, _ in leaks)
+                else "the holder keeps the placeholder"
+            )
             lines.append(
-                "  fix: validate arguments before calling the compiled function (outside the "
-                "trace), or catch the error and reseed with mx.random.seed(...) / put the state"
-                " back; pytest-mlxcompile restored the declared state for the rest of the test"
+                "  fix: check arguments before calling the compiled function (outside the "
+                "trace) and keep state the function updates in inputs=/outputs= or return it; "
+                "after catching the error, reset the holder (mx.random.seed(...) for the random "
+                f"key); {restored}"
             )
             return "\n".join(lines)
         if declared_only:

@@ -431,7 +431,10 @@ def test_a_trace_that_raises_leaves_the_declared_random_key_a_placeholder_and_sa
             " so every later use of the holder raises '[[]eval[]] Attempting to eval an array"
             " without a primitive' (for mx.random.state: every later random call in the"
             " process)",
-            "E *fix: validate arguments before calling the compiled function (outside the trace)*",
+            "E *fix: check arguments before calling the compiled function (outside the trace)"
+            " and keep state the function updates in inputs=/outputs= or return it; after"
+            " catching the error, reset the holder (mx.random.seed(...) for the random key);"
+            " pytest-mlxcompile repairs mx.random.state after this test",
         ]
     )
 
@@ -567,3 +570,37 @@ def test_a_trace_counter_in_a_global_or_a_closure_is_not_a_diagnosis(pytester, r
     )
     # parity off: the eager shadow runs the Python body again and would count too
     run("--mlx-parity=off").assert_outcomes(passed=1)
+
+
+def test_a_trace_that_raises_after_storing_a_traced_value_in_a_closure_names_the_closure(
+    pytester, run
+):
+    # MLX's own test_compile_without_captured_inputs: the closure keeps the placeholder
+    pytester.makepyfile(
+        """
+        import mlx.core as mx
+        import pytest
+
+        @pytest.mark.compiled
+        def test_x():
+            y = None
+
+            def fn(x):
+                nonlocal y
+                y = x + 1
+                raise ValueError("bad input")
+
+            with pytest.raises(ValueError):
+                mx.compile(fn)(mx.ones((2,)))
+        """
+    )
+    result = run()
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "E *PlaceholderLeakError: test_x.<locals>.fn [[]compiled[]] trace 1 (call 1) leaked"
+            " 1 placeholder array(s) into closure variable 'y' of test_x.<locals>.fn (y)",
+            "E *the trace raised ValueError: bad input; MLX never put the traced values back*",
+            "E *fix: * the holder keeps the placeholder",
+        ]
+    )
