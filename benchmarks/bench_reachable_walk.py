@@ -6,7 +6,9 @@ The model is an ``nn.Sequential`` of ``--layers`` Linear layers (two parameter a
 arrays by default) with an Adam optimizer, compiled as a training step with its state declared
 (``inputs=state, outputs=state``) — the shape of real code. Printed, in milliseconds:
 
-- one walk: ``_Snapshot.take`` alone (the walk plus ``mx.export_to_dot`` of every array);
+- one walk: ``_Snapshot.take`` alone for the training step (declared arrays are not compared:
+  MLX writes them back), and for ``mx.compile(model)`` with nothing declared (each of the 200
+  arrays is compared: the walk plus ``mx.export_to_dot`` of every array);
 - a traced call (a fresh variant's first call: trace + compile + both walks) with the sanitizer
   off and on, and the difference, which is the per-trace cost of the checks;
 - a cache-hit call, off and on: the walk never runs there, so the ratio stays near 1.
@@ -48,6 +50,21 @@ def build(layers: int) -> tuple[Callable[[Any], Any], list[Any]]:
     compiled = partial(mx.compile, inputs=state, outputs=state)(step)
     mx.eval(compiled(mx.ones((4, 16))))  # the optimizer's state exists from here on
     return compiled, state
+
+
+def forward_walk(layers: int, repeats: int) -> float:
+    """One walk of ``mx.compile(model)`` with nothing declared: every array is fingerprinted."""
+    model = nn.Sequential(*[nn.Linear(16, 16) for _ in range(layers)])
+    mx.eval(model.parameters())
+    compiled = mx.compile(model)
+    run = instrument.VariantRun(Mode.COMPILED, label="bench", parity="off", observers=[])
+    run.start()
+    try:
+        mx.eval(compiled(mx.ones((4, 16))))
+        record: FunctionRecord = run.records[next(iter(run.records))]
+        return min(timed(lambda: _Snapshot.take(record, mx.array)) for _ in range(repeats))
+    finally:
+        run.stop()
 
 
 def timed(call: Callable[[], Any]) -> float:
@@ -99,6 +116,8 @@ def main() -> None:
         f"parameter arrays + Adam state; {args.calls} cache hits; min of {args.repeats}"
     )
     print(f"one reachable-state walk (snapshot):      {on[2] * ms:8.2f} ms")
+    forward = forward_walk(args.layers, args.repeats)
+    print(f"one walk, mx.compile(model), undeclared:  {forward * ms:8.2f} ms (arrays compared)")
     print(
         f"traced call  off {off[0] * ms:8.2f} ms   on {on[0] * ms:8.2f} ms   "
         f"added {(on[0] - off[0]) * ms:7.2f} ms per trace"

@@ -225,7 +225,9 @@ class _Snapshot:
             if key in entries:
                 continue
             entry = entries[key] = _Entry(slot, origin)
-            if isinstance(slot.value, array_type):
+            # Only undeclared arrays are compared by fingerprint; a declared one after the call
+            # is the compiled graph's output, whose graph text would be the whole computation.
+            if not origin and isinstance(slot.value, array_type):
                 name = names.get(id(slot.value))
                 if name is None:
                     name = names[id(slot.value)] = f"a{len(arrays)}"
