@@ -15,7 +15,16 @@ from collections.abc import Callable, Sequence
 from types import ModuleType
 from typing import Any
 
-__all__ = ["MLX_CORE", "core", "is_loaded", "on_load"]
+__all__ = [
+    "MLX_CORE",
+    "Graph",
+    "core",
+    "is_loaded",
+    "is_placeholder",
+    "known_tracers",
+    "on_load",
+    "placeholders",
+]
 
 MLX_CORE = "mlx.core"
 
@@ -132,20 +141,149 @@ def missing_backend(exc: BaseException) -> str | None:
     return None
 
 
-def is_placeholder(array: Any) -> bool:
-    """True for an array from a compile trace that escaped it.
+#: names per ``mx.export_to_dot`` call: nanobind refuses more than 1024 keyword arguments
+_NAMES_PER_EXPORT = 900
 
-    Probe §2: evaluating is the only test, and on a placeholder it fails while walking the graph,
-    before computing anything. A tracer evaluated inside a transformation raises ValueError
-    instead: that is not a placeholder.
+
+class Graph:
+    """The unevaluated graph behind some arrays, read from ``mx.export_to_dot`` (no evaluation).
+
+    ``mx.export_to_dot`` is the one MLX API that shows an array's structure without evaluating
+    it: every array that has a primitive appears as the output of a numbered primitive node,
+    every array without one (evaluated data, or a compile tracer) as a source node. Arrays
+    passed by keyword keep their names in the text (use lowercase names: MLX names the others
+    A, B, ...); MLX names nodes by the C++ array, so two Python objects sharing one array (MLX
+    hands out fresh wrappers) get one name, the last given. More names than one call takes are
+    exported in chunks, each chunk's unnamed nodes kept apart.
     """
+
+    def __init__(self, named: dict[str, Any]) -> None:
+        #: node name -> id of the primitive that produces it (arrays with a primitive only)
+        self.producer: dict[str, str] = {}
+        #: primitive id -> names of its input nodes
+        self.inputs: dict[str, list[str]] = {}
+        #: every node name in the text
+        self.nodes: set[str] = set()
+        items = list(named.items())
+        for chunk in range(0, max(len(items), 1), _NAMES_PER_EXPORT):
+            self._read(dict(items[chunk : chunk + _NAMES_PER_EXPORT]), f"{chunk}:")
+
+    def _read(self, named: dict[str, Any], scope: str) -> None:
+        import io
+
+        buffer = io.StringIO()
+        core().export_to_dot(buffer, **named)
+
+        def node(name: str) -> str:
+            return name if name in named else scope + name
+
+        for line in buffer.getvalue().splitlines():
+            if line.startswith('"'):  # "A" -> 1234: an input of primitive 1234
+                name, _, primitive = line[1:].partition('" -> ')
+                self.inputs.setdefault(primitive, []).append(node(name))
+                self.nodes.add(node(name))
+            elif line[:1].isdigit():  # 1234 -> "B": primitive 1234 produces B
+                primitive, _, name = line.partition(' -> "')
+                self.producer[node(name[:-1])] = primitive
+                self.nodes.add(node(name[:-1]))
+            elif line.startswith("{") and '"' in line:  # { rank=source; "A"; }
+                self.nodes.add(node(line.split('"')[1]))
+
+    def fingerprint(self, name: str) -> str:
+        """What an array is now: the primitive producing it, ``leaf``, or ``?`` (renamed)."""
+        if name in self.producer:
+            return self.producer[name]
+        return "leaf" if name in self.nodes else "?"
+
+    def reaches(self, name: str, prefix: str) -> bool:
+        """Whether the graph of node ``name`` contains a node whose name starts with ``prefix``."""
+        stack, seen = [name], set()
+        while stack:
+            node = stack.pop()
+            if node.startswith(prefix):
+                return True
+            primitive = self.producer.get(node)
+            if primitive is None or node in seen:
+                continue
+            seen.add(node)
+            stack += self.inputs.get(primitive, ())
+        return False
+
+
+#: Tracers of the compile traces the sanitizer watched in the current test: an array whose graph
+#: reaches one of them is a placeholder. Cleared at the start of every test variant.
+known_tracers: list[Any] = []
+
+_TRACER = "tracer_"
+
+
+def _leaf_placeholder(array: Any) -> bool:
+    """For an array without a primitive: evaluating it computes nothing, so it is safe."""
     try:
         core().eval(array)
     except RuntimeError as exc:
         return "without a primitive" in str(exc)
-    except ValueError:
+    except ValueError:  # a tracer evaluated inside its own transformation: not escaped
         return False
     return False
+
+
+def placeholders(arrays: Sequence[Any], tracers: Sequence[Any] = ()) -> list[str]:
+    """For each array ``"placeholder"``, ``"lazy"`` (it has a primitive) or ``"data"``.
+
+    Never evaluates an array with a primitive.
+
+    A placeholder's graph reaches a compile tracer: an array that has no primitive and no data.
+    Probe §2 used ``mx.eval`` in try/except as the test, but that is only safe for an array
+    without a primitive: evaluating an array that a trace created computes it and detaches it
+    from the compiled graph MLX keeps, and the next call of that graph dereferences the detached
+    node (a segmentation fault; repros/mlx_escaped_tracer_eval_segfault.py). So:
+
+    - an array without a primitive (``mx.export_to_dot`` shows a source node): ``mx.eval``
+      computes nothing, and its error "without a primitive" says it has no data;
+    - an array with a primitive: a placeholder when its graph reaches one of ``tracers`` (or of
+      :data:`known_tracers`) or is one of them, read from ``mx.export_to_dot``, never evaluated.
+    """
+    result = ["data"] * len(arrays)
+    if not arrays:
+        return result
+    shape = Graph({f"a{i}": a for i, a in enumerate(arrays)})
+    lazy: list[int] = []
+    for index, array in enumerate(arrays):
+        if shape.fingerprint(f"a{index}") == "leaf":
+            if _leaf_placeholder(array):
+                result[index] = "placeholder"
+        else:
+            result[index] = "lazy"
+            lazy.append(index)
+    every = [*tracers, *known_tracers]
+    if not lazy or not every:
+        return result
+    half = _NAMES_PER_EXPORT // 2
+    for start in range(0, len(lazy), half):
+        group = lazy[start : start + half]
+        for first in range(0, len(every), half):
+            named = {f"a{i}": arrays[i] for i in group}
+            named.update({f"{_TRACER}{j}": t for j, t in enumerate(every[first : first + half])})
+            graph = Graph(named)
+            for i in group:
+                name = f"a{i}"
+                # not in the text: it is a tracer, named by its later name
+                if name not in graph.nodes or graph.reaches(name, _TRACER):
+                    result[i] = "placeholder"
+    return result
+
+
+def is_placeholder(array: Any, tracers: Sequence[Any] = (), *, evaluate_lazy: bool = False) -> bool:
+    """True for an array from a compile trace that escaped it; see :func:`placeholders`.
+
+    ``evaluate_lazy`` is for an array the program evaluates next anyway (the RNG key: the next
+    random call consumes it): then ``mx.eval`` answers for a lazy array too, as in probe §2.
+    """
+    kind = placeholders([array], tracers)[0]
+    if kind == "lazy" and evaluate_lazy:
+        return _leaf_placeholder(array)
+    return kind == "placeholder"
 
 
 def refuses_shapeless(exc: BaseException) -> bool:

@@ -29,6 +29,7 @@ __all__ = [
     "containers",
     "missing",
     "reachable",
+    "state_slots",
     "tree_slots",
     "unwrap",
 ]
@@ -138,6 +139,24 @@ def _foreign(module_name: object) -> bool:
     return name.startswith(_FOREIGN_PREFIXES) or name.split(".", 1)[0] in sys.stdlib_module_names
 
 
+#: MLX's own classes whose instances hold user state (an optimizer's ``.state``, a module)
+_MLX_STATEFUL = ("mlx.optimizers.", "mlx.nn.")
+
+
+def _stateful(module_name: object) -> bool:
+    """Whether instances of a class from this module hold state worth walking."""
+    return not _foreign(module_name) or f"{module_name}.".startswith(_MLX_STATEFUL)
+
+
+def _public_name(owner: object, name: str) -> str:
+    """``_state`` behind a ``state`` property (an optimizer's): the name its users write."""
+    if name.startswith("_") and not name.startswith("__"):
+        public = name[1:]
+        if isinstance(getattr(type(owner), public, None), property):
+            return public
+    return name
+
+
 def _is_module_tree(value: object) -> bool:
     """An ``mlx.nn.Module``: a dict whose entries users read as attributes."""
     return isinstance(value, dict) and any(
@@ -151,13 +170,26 @@ _OPAQUE = (type, types.ModuleType, types.FunctionType, types.BuiltinFunctionType
 
 
 class _Walk:
-    def __init__(self, array_type: type, skip: set[int], reads_only: bool = False) -> None:
+    def __init__(
+        self,
+        array_type: type,
+        skip: set[int],
+        reads_only: bool = False,
+        *,
+        everything: bool = False,
+        budget: int = MAX_VALUES,
+    ) -> None:
         self.array_type = array_type
         self.skip = skip
         self.reads_only = reads_only
+        #: the state walk: every Python scalar attribute, not only those the code names (a
+        #: method call such as ``cache.update(k)`` writes ``offset`` in a frame we never read)
+        self.everything = everything
+        #: the module namespaces whose globals the walk read: a trace can add a name to them
+        self.scopes: dict[int, dict[str, Any]] = {}
         self.seen: set[int] = set()
         self.seen_code: set[types.CodeType] = set()
-        self.budget = MAX_VALUES
+        self.budget = budget
 
     def value(
         self,
@@ -197,7 +229,7 @@ class _Walk:
                 yield from self.attributes(path, value, names, depth)
         elif type(value).__name__ == "InstrumentedFunction":
             yield from self.function(value, None, depth + 1)
-        elif hasattr(value, "__dict__") and not _foreign(type(value).__module__):
+        elif hasattr(value, "__dict__") and _stateful(type(value).__module__):
             yield from self.attributes(path, value, names, depth)
 
     def attributes(
@@ -208,10 +240,10 @@ class _Walk:
         except TypeError:
             return
         for name, item in items:
-            if isinstance(item, _SCALARS) and name not in names:
+            if isinstance(item, _SCALARS) and name not in names and not self.everything:
                 continue  # a Python attribute the code never names cannot be baked in
             yield from self.value(
-                path.attribute(name, owner),
+                path.attribute(_public_name(owner, name), owner),
                 owner,
                 name,
                 True,
@@ -255,7 +287,22 @@ class _Walk:
                 self_path or Path("", "self"), None, None, False, bound, names, False, depth
             )
         yield from self.cells(func, names, depth)
+        if self.everything:
+            yield from self.defaults(func, names, depth)
         yield from self.globals(func, names, depth)
+
+    def defaults(
+        self, func: types.FunctionType, names: frozenset[str], depth: int
+    ) -> Iterator[Slot]:
+        """``def f(x, _memo={})``: a default value lives as long as the function."""
+        code = func.__code__
+        positional = code.co_varnames[: code.co_argcount]
+        for name, value in zip(positional[::-1], (func.__defaults__ or ())[::-1], strict=False):
+            path = Path(f"default of argument {name!r} of {func.__qualname__}", name)
+            yield from self.value(path, None, None, False, value, names, False, depth)
+        for name, value in (func.__kwdefaults__ or {}).items():
+            path = Path(f"default of argument {name!r} of {func.__qualname__}", name)
+            yield from self.value(path, None, None, False, value, names, False, depth)
 
     def cells(self, func: types.FunctionType, names: frozenset[str], depth: int) -> Iterator[Slot]:
         for name, cell in zip(func.__code__.co_freevars, func.__closure__ or (), strict=False):
@@ -270,6 +317,7 @@ class _Walk:
         self, func: types.FunctionType, names: frozenset[str], depth: int
     ) -> Iterator[Slot]:
         scope = func.__globals__
+        self.scopes[id(scope)] = scope
         where = locations.relative(str(scope.get("__file__") or scope.get("__name__", "?")))
         for name in sorted(names):
             content = scope.get(name, _MISSING)
@@ -313,22 +361,48 @@ def reachable(
     return _Walk(array_type, skip, reads_only).function(fun, None, 0)
 
 
+def state_slots(
+    fun: object,
+    declared: list[tuple[str, Path, object]],
+    array_type: type,
+    *,
+    budget: int = MAX_VALUES,
+) -> tuple[list[tuple[Slot, str]], dict[int, dict[str, Any]]]:
+    """The state a compiled function can reach, as ``(slot, origin)`` pairs, and its globals.
+
+    ``declared`` holds ``(origin, root path, tree)`` for the declared ``inputs=``/``outputs=``
+    trees and the RNG key list; their slots come first, tagged with their origin, so that what
+    the function reaches again through them keeps that tag. Everything else (globals and
+    attributes the code names, closures, defaults, ``self``, ``functools.partial`` arguments, and
+    what helper functions reach) is tagged ``""``. Every Python scalar attribute is included: a
+    method called on a reachable object can change any of them. Bounded by ``budget`` values and
+    :data:`MAX_DEPTH`; cycles are visited once.
+    """
+    walk = _Walk(array_type, set(), everything=True, budget=budget)
+    found: list[tuple[Slot, str]] = []
+    for origin, path, tree in declared:
+        found += [
+            (slot, origin)
+            for slot in walk.value(path, None, None, False, tree, frozenset(), False, 0)
+        ]
+    found += [(slot, "") for slot in walk.function(fun, None, 0)]
+    return found, walk.scopes
+
+
 def tree_slots(path: Path, tree: object, array_type: type) -> Iterator[Slot]:
     """Every array in a declared state tree (lists, tuples, dicts, ``nn.Module``), with paths."""
     return _Walk(array_type, set()).value(path, None, None, False, tree, frozenset(), False, 0)
 
 
-def array_leaves(tree: object, array_type: type, into: list[Any], depth: int = 0) -> list[Any]:
-    """Arrays in a tree of lists, tuples and dicts (arguments, declared state), in order."""
-    if isinstance(tree, array_type):
-        into.append(tree)
-    elif depth < MAX_DEPTH * 4:
-        if isinstance(tree, (list, tuple)):
-            for item in tree:
-                array_leaves(item, array_type, into, depth + 1)
-        elif isinstance(tree, dict):
-            for item in tree.values():
-                array_leaves(item, array_type, into, depth + 1)
+def array_leaves(tree: object, array_type: type, into: list[Any]) -> list[Any]:
+    """Arrays in a tree of lists, tuples and dicts (arguments, declared state), in order.
+
+    The walk MLX's compile does over its arguments and declared state: ``mlx.utils.tree_flatten``.
+    """
+    from mlx.utils import tree_flatten
+
+    flat: Any = tree_flatten(tree)  # MLX's stub types the pairs loosely
+    into += [leaf for _, leaf in flat if isinstance(leaf, array_type)]
     return into
 
 

@@ -358,6 +358,13 @@ class Observer:
     ) -> None:
         """An outermost compiled call returned, before parity: raise here to win over it."""
 
+    def call_aborted(
+        self, record: FunctionRecord, args: tuple[Any, ...], kwargs: dict[str, Any], exc: Exception
+    ) -> None:
+        """An outermost compiled call raised ``exc``, before declared state is put back: what
+        the failed trace left behind is still there to see. Never raise here; keep the finding
+        for :meth:`call_failed`."""
+
     def call_failed(
         self, record: FunctionRecord, args: tuple[Any, ...], kwargs: dict[str, Any], exc: Exception
     ) -> None:
@@ -575,6 +582,9 @@ class VariantRun:
         try:
             out = record.compiled(*args, **kwargs)
         except BaseException as exc:
+            if isinstance(exc, Exception):
+                for observer in self.observers:
+                    observer.call_aborted(record, args, kwargs, exc)
             # A failed trace leaves tracers in declared inputs (MLX restores them only on success).
             for _, snap in before:
                 restore(snap)

@@ -4,11 +4,16 @@ turned into its own error class with what/where/why/fix (the shapeless probe is
 
 Mechanisms are the measured ones in reference/mlx-compile-probe.md ("Detection recipes"):
 
-- leaks (§2, §12): while tracing, a ``gc`` sweep before and after the body finds the arrays
-  that appeared (plus the tracer inputs); after the call, ``mx.eval`` in try/except matching
-  "without a primitive" is the only placeholder test, applied to those and to every leaf of the
-  declared state. Holders are named by walking what the function reaches
-  (:mod:`pytest_mlxcompile.holders`), with one ``gc.get_referrers`` pass as a fallback.
+- the reachable state (:func:`holders.state_slots`): what the function reaches through its
+  globals, closures, defaults, ``self``, ``functools.partial`` arguments, the declared
+  ``inputs=``/``outputs=`` trees and the RNG key. It is walked when a trace starts and again when
+  its call returns (traces only, never cache hits), and the two pictures are diffed path by path
+  (:func:`_diff`): an array rebound or changed in place that is not declared in ``outputs=`` is
+  an undeclared output, a placeholder leak when its graph reaches a tracer of this trace; a Python
+  number on an object that changed is frozen state. A trace that raised is diffed before declared
+  state is put back. No heap scan: the cost follows what the function reaches.
+- placeholders (:func:`_mlx.placeholders`): read from the graph (``mx.export_to_dot``), never by
+  evaluating an array a trace created; that corrupts MLX's compile cache (a segfault).
 - stale captures (§4): at trace time, the arrays and named Python scalars the function reads
   that are not arguments nor declared state; before later calls, identity AND data-buffer address
   (an alias, ``mx.stop_gradient(W)``, holds the old buffer so donation cannot reuse the address).
@@ -16,21 +21,20 @@ Mechanisms are the measured ones in reference/mlx-compile-probe.md ("Detection r
 - host syncs (§3): MLX's ``ValueError ... during function transformations``, last frame = the
   user's line.
 
-All of the heap walking happens on traces only. A cache-hit call costs an identity check and a
-buffer-address read per captured array (see benchmarks/bench_sanitize_overhead.py).
+A cache-hit call costs an identity check and a buffer-address read per captured array (see
+benchmarks/bench_sanitize_overhead.py); a trace, two walks of the reachable state (see
+benchmarks/bench_reachable_walk.py).
 """
 
 from __future__ import annotations
 
 import ctypes
-import gc
 import linecache
 import os
-import sys
 import types
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 import pytest
@@ -147,6 +151,170 @@ def _captures(fun: object, array_type: type, skip: set[int]) -> list[Captured]:
     return found
 
 
+# the reachable state -------------------------------------------------------------------------
+def _frozen_number(slot: Slot, old: object, new: object) -> bool:
+    """A Python number in an object's attribute that the trace changed (``cache.offset``).
+
+    Left out, each as a class:
+    - booleans and strings: they flip once in lazy initialisation (``Optimizer._initialized``:
+      False -> True on the first update) and the next eager call would set the same value again;
+    - module globals, closure cells, and dict/list items: where code keeps trace counters
+      (``nonlocal traces; traces += 1``, ``RUNS["f"] += 1``), which count exactly what they
+      mean to; state a model reads back (an offset, a step) lives on an object.
+    """
+    if not slot.is_attribute or isinstance(slot.holder, (types.CellType, types.ModuleType, type)):
+        return False
+    numbers = (int, float, complex)
+    if isinstance(old, bool) or isinstance(new, bool):
+        return False
+    if not isinstance(old, numbers) or not isinstance(new, numbers):
+        return False
+    return old is not new and (type(old) is not type(new) or old != new)
+
+
+@dataclass
+class _Entry:
+    slot: Slot
+    #: "outputs" (declared in outputs=: MLX writes it back), "inputs" (declared in inputs=
+    #: only), or "" (not declared)
+    origin: str
+    #: for an array, what it was (``_mlx.Graph.fingerprint``): identity alone misses ``a[i] = v``
+    fingerprint: str = ""
+    #: for an array, its name in the snapshot's graph (one per array object, however many paths)
+    name: str = ""
+
+
+@dataclass
+class _Snapshot:
+    """The state a compiled function can reach, at one moment (the start or end of a trace)."""
+
+    entries: dict[Path, _Entry]
+    #: module namespaces the walk read globals from, with the names they held
+    scopes: dict[int, tuple[dict[str, Any], frozenset[str]]]
+    #: strong references: an array freed during the trace could hand its id to a new one
+    arrays: list[Any]
+
+    @classmethod
+    def take(
+        cls,
+        record: FunctionRecord,
+        array_type: type,
+        extra: list[tuple[Slot, str]] | None = None,
+        key_origin: str | None = None,
+    ) -> _Snapshot:
+        fn = record.fn
+        declared: list[tuple[str, Path, object]] = []
+        if fn.outputs is not None:
+            declared.append(("outputs", Path("declared outputs=", "outputs"), fn.outputs))
+        if fn.inputs is not None:
+            declared.append(("inputs", Path("declared inputs=", "inputs"), fn.inputs))
+        if key_origin is None:
+            key_origin = _random_origin(fn.inputs, fn.outputs)
+        keys = _mlx.random_key_list()
+        declared.append((key_origin, Path("mx.random.state", "mx.random.state"), keys))
+        slots, scopes = holders.state_slots(fn.fun, declared, array_type)
+        slots += extra or []
+        entries: dict[Path, _Entry] = {}
+        arrays: list[Any] = []
+        names: dict[int, str] = {}
+        for slot, origin in slots:
+            key = slot.path
+            if key in entries:
+                continue
+            entry = entries[key] = _Entry(slot, origin)
+            # Only undeclared arrays are compared by fingerprint; a declared one after the call
+            # is the compiled graph's output, whose graph text would be the whole computation.
+            if not origin and isinstance(slot.value, array_type):
+                name = names.get(id(slot.value))
+                if name is None:
+                    name = names[id(slot.value)] = f"a{len(arrays)}"
+                    arrays.append(slot.value)
+                entry.name = name
+        graph = _mlx.Graph({f"a{index}": a for index, a in enumerate(arrays)})
+        for entry in entries.values():
+            if entry.name:
+                entry.fingerprint = graph.fingerprint(entry.name)
+        return cls(entries, {k: (v, frozenset(v)) for k, v in scopes.items()}, arrays)
+
+    def added_globals(self, array_type: type) -> list[tuple[Slot, str]]:
+        """Arrays stored under global names that appeared since (``globals()["last"] = y``)."""
+        found: list[tuple[Slot, str]] = []
+        for scope, names in self.scopes.values():
+            where = locations.relative(str(scope.get("__file__") or scope.get("__name__", "?")))
+            for name in [n for n in list(scope) if n not in names]:
+                path = Path(f"global {name!r} in {where}", name)
+                value = scope.get(name)
+                if isinstance(value, array_type):
+                    found.append((Slot(path, scope, name, False, value, True), ""))
+                elif isinstance(value, (list, tuple, dict)):
+                    found += [
+                        (slot, "")
+                        for slot in holders.tree_slots(path, value, array_type)
+                        if isinstance(slot.value, array_type)
+                    ]
+        return found
+
+
+@dataclass
+class _Finding:
+    """One thing a trace left in the reachable state that it should not have."""
+
+    kind: str  # "placeholder" | "constant" | "python"
+    path: str
+    origin: str
+    value: Any = None
+    old: Any = None
+
+
+def _diff(
+    before: _Snapshot,
+    after: _Snapshot,
+    tracers: list[Any],
+    known: set[int],
+    *,
+    raised: bool = False,
+) -> list[_Finding]:
+    """What the trace wrote into the reachable state, judged without evaluating anything unsafe.
+
+    After a trace that raised, MLX wrote nothing back, not even into declared ``outputs=``.
+    """
+    array_type = _mlx.core().array
+    found: list[_Finding] = []
+    candidates: list[tuple[Path, _Entry, str, _Entry | None]] = []
+    for key, entry in after.entries.items():
+        now = entry.slot.value
+        old = before.entries.get(key)
+        if not isinstance(now, array_type):
+            if old is not None and _frozen_number(entry.slot, old.slot.value, now):
+                found.append(_Finding("python", str(key), entry.origin, now, old.slot.value))
+            continue
+        fingerprint = entry.fingerprint
+        if entry.origin == "outputs" and not raised:
+            continue  # MLX wrote the traced value back: declared state done right
+        if (
+            entry.origin == ""
+            and old is not None
+            and old.slot.value is now
+            and old.fingerprint == fingerprint != "?"
+        ):
+            continue  # untouched
+        candidates.append((key, entry, fingerprint, old))
+    verdicts = _mlx.placeholders([entry.slot.value for _, entry, _, _ in candidates], tracers)
+    for (key, entry, fingerprint, old), verdict in zip(candidates, verdicts, strict=True):
+        now = entry.slot.value
+        if verdict == "placeholder":
+            found.append(_Finding("placeholder", str(key), entry.origin, now))
+        elif (
+            entry.origin == ""
+            and fingerprint not in ("leaf", "?")
+            and (id(now) not in known or (old is not None and old.fingerprint != fingerprint))
+        ):
+            # Computed while tracing from no traced input (a constant of the graph), or an
+            # array updated in place: the graph does it only while tracing.
+            found.append(_Finding("constant", str(key), entry.origin, now))
+    return found
+
+
 # the observer ------------------------------------------------------------------------------------
 @dataclass
 class _Trace:
@@ -155,11 +323,18 @@ class _Trace:
     record: FunctionRecord
     number: int
     key_before: Any
-    before: list[Any]
-    tracer_inputs: list[Any]
+    tracers: list[Any]
     captured: list[Captured]
-    candidates: list[Any] = field(default_factory=list)
+    snapshot: _Snapshot | None = None
+    #: where mx.random.state is declared (see _random_origin), looked up once per trace
+    key_origin: str = ""
+    #: mx.random.state is declared in both inputs= and outputs=
+    random_captured: bool = False
+    #: ids of arrays that existed before the trace (the snapshot's and the call's arguments)
+    known: set[int] = field(default_factory=set)
     random_advanced: bool = False
+    #: nested traces of the same function (recursion) running inside this one
+    depth: int = 0
 
 
 class Sanitizer(Observer):
@@ -174,6 +349,9 @@ class Sanitizer(Observer):
         self._trace: _Trace | None = None
         self._changes: list[str] = []
         self._captured: dict[FunctionRecord, list[Captured]] = {}
+        #: a diagnosis of what a trace that raised left behind, raised from call_failed
+        self._aborted: MLXCompileError | None = None
+        _mlx.known_tracers.clear()  # the previous test's traces are not this one's
         self._failed = False
         #: True between before_call and after_call: a call that never got to after_call
         #: failed (parity or an exception), and the test with it
@@ -237,25 +415,10 @@ class Sanitizer(Observer):
                 "uncaptured_random_state",
                 self._random_message(trace),
             )
-        leaks = self._leaks(trace)
-        if leaks:
+        findings = self._findings(trace)
+        if findings:
             self._failed = True
-            raise diagnosis(
-                record, PlaceholderLeakError, "placeholder_leak", self._leak_message(trace, leaks)
-            )
-        array = self._mx.array
-        self._changes = [
-            f"{c.slot.path}: {change}"
-            for c in trace.captured
-            if (change := c.change(array, by_address=False))
-        ]
-        if self._changes:
-            # The function changed a value it reads (``cache.offset += 1``): the graph keeps
-            # the trace-time value, so every later call would repeat it.
-            self._failed = True
-            raise diagnosis(
-                record, StaleCaptureError, "stale_capture", self._stale_message(record, trace)
-            )
+            raise self._diagnose(trace, findings)
         self._freeze(trace)
 
     def after_call(
@@ -268,12 +431,31 @@ class Sanitizer(Observer):
     ) -> None:
         self._open = False
 
+    def call_aborted(
+        self, record: FunctionRecord, args: tuple[Any, ...], kwargs: dict[str, Any], exc: Exception
+    ) -> None:
+        """A call raised; declared state is not put back yet: judge what its trace left."""
+        trace = self._trace
+        self._aborted = None
+        if trace is None or trace.record is not record:
+            return
+        findings = [f for f in self._findings(trace, raised=True) if f.kind == "placeholder"]
+        if findings:
+            self._aborted = self._diagnose(trace, findings, raised=exc)
+
     def call_failed(
         self, record: FunctionRecord, args: tuple[Any, ...], kwargs: dict[str, Any], exc: Exception
     ) -> None:
         __tracebackhide__ = True
-        self._trace, self._armed = None, None
+        trace, self._trace, self._armed = self._trace, None, None
         self._failed = True
+        aborted, self._aborted = self._aborted, None
+        if aborted is None and trace is not None and trace.record is record:
+            # no call_aborted (an older instrument): judge now, after declared state came back
+            findings = [f for f in self._findings(trace, raised=True) if f.kind == "placeholder"]
+            aborted = self._diagnose(trace, findings, raised=exc) if findings else None
+        if aborted is not None:
+            raise aborted from exc
         if isinstance(exc, ValueError) and _HOST_SYNC in str(exc):
             message = self._host_sync_message(record, exc)
             raise diagnosis(record, HostSyncError, "host_sync", message) from None
@@ -289,27 +471,46 @@ class Sanitizer(Observer):
     def trace_started(
         self, record: FunctionRecord, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> None:
+        trace = self._trace
+        if trace is not None and trace.record is record:
+            trace.depth += 1  # the function calls itself: the outermost trace covers it
+            return
         if record is not self._armed:
             return  # a nested call, or one under mx.grad/vmap: the outermost trace covers it
         self._armed = None
         mx = self._mx
         array = mx.array
         tracers = holders.array_leaves((args, kwargs), array, [])
-        for tree in (record.fn.inputs, record.fn.outputs):
-            if tree is not None:
-                tracers += holders.array_leaves(tree, array, [])  # MLX swapped in tracers
-        skip = self._exclusions(record, tracers)
+        if record.fn.inputs is not None:  # MLX swapped tracers into what inputs= declares
+            tracers += holders.array_leaves(record.fn.inputs, array, [])
+        declared = list(tracers)
+        if record.fn.outputs is not None:  # real arrays, written back after the call
+            declared += holders.array_leaves(record.fn.outputs, array, [])
+        keys = _mlx.random_key_list()
+        random_in = _random_captured(record.fn.inputs, None, mx.random.state, either=True)
+        random_out = _random_captured(record.fn.outputs, None, mx.random.state, either=True)
+        if random_in:
+            tracers.append(keys[0])
+        _mlx.known_tracers.extend(tracers)
+        known = {id(a) for a in holders.array_leaves(self._call, array, [])}
+        skip = self._exclusions(record, declared)
         self._call = ((), {})
         captured = _guarded(lambda: _captures(record.fn.fun, array, skip), record, "stale-capture")
-        self._trace = _Trace(
+        trace = self._trace = _Trace(
             record=record,
             number=record.traces,
-            key_before=_mlx.random_key_list()[0],
-            # strong references: an array freed during the trace could hand its id to a leak
-            before=[o for o in gc.get_objects() if type(o) is array],
-            tracer_inputs=tracers,
+            key_before=keys[0],
+            tracers=tracers,
             captured=captured,
         )
+        trace.random_captured = random_in and random_out
+        trace.key_origin = "outputs" if random_out else "inputs" if random_in else ""
+        snapshot = _guarded_one(
+            lambda: _Snapshot.take(record, array, key_origin=trace.key_origin), record, "leak"
+        )
+        if snapshot is not None:
+            trace.snapshot = snapshot
+            trace.known = known | {id(a) for a in snapshot.arrays}
 
     def trace_finished(
         self, record: FunctionRecord, args: tuple[Any, ...], kwargs: dict[str, Any], out: object
@@ -317,53 +518,48 @@ class Sanitizer(Observer):
         trace = self._trace
         if trace is None or trace.record is not record:
             return
-        array = self._mx.array
-        if _mlx.random_key_list()[0] is not trace.key_before and not _random_captured(
-            record.fn.inputs, record.fn.outputs, self._mx.random.state
-        ):
+        if trace.depth:
+            trace.depth -= 1  # a recursive call's trace ended; the outermost is still running
+            return
+        if _mlx.random_key_list()[0] is not trace.key_before and not trace.random_captured:
             trace.random_advanced = True
-        # Outputs stay candidates: the caller gets new objects, so a returned tracer that is
-        # also stored somewhere (``globals()["last"] = y; return y``) is a leak too.
-        known = {id(o) for o in trace.before}
-        trace.candidates = [o for o in gc.get_objects() if type(o) is array and id(o) not in known]
-        trace.before = []
 
     # leaks ---------------------------------------------------------------------------------
-    def _leaks(self, trace: _Trace) -> list[tuple[str, Any, bool]]:
-        """``(holder, placeholder, declared)`` for each escaped placeholder someone holds."""
-        fn = trace.record.fn
+    def _findings(self, trace: _Trace, *, raised: bool = False) -> list[_Finding]:
+        """Diff the reachable state against the trace's start (traces only, never cache hits)."""
+        before = trace.snapshot
+        if before is None:
+            return []
+        trace.snapshot = None  # once: the strong references go with it
         array = self._mx.array
-        found: list[tuple[str, Any, bool]] = []
-        # Declared state first, checked leaf by leaf: with inputs= but no outputs=, MLX puts
-        # fresh placeholder objects back into the containers after the call, which no sweep
-        # during the trace could have seen (probe §12).
-        for label, tree in (("inputs", fn.inputs), ("outputs", fn.outputs)):
-            if tree is not None:
-                root = Path(f"declared {label}=", label)
-                for slot in holders.tree_slots(root, tree, array):
-                    if _mlx.is_placeholder(slot.value):
-                        found.append((str(slot.path), slot.value, True))
-        pool = {id(a): a for a in (*trace.candidates, *trace.tracer_inputs)}
-        trace.candidates, trace.tracer_inputs = [], []
-        placeholders = {key: a for key, a in pool.items() if _mlx.is_placeholder(a)}
-        pool.clear()
-        for _, leaked, _ in found:
-            placeholders.pop(id(leaked), None)
-        if not placeholders:
-            return found
-        slots = _guarded(
-            lambda: list(holders.reachable(fn.fun, array, {id(fn)})), trace.record, "leak"
-        )
-        for slot in slots:
-            if id(slot.value) in placeholders:
-                found.append((str(slot.path), placeholders.pop(id(slot.value)), False))
-        if placeholders:
-            rest = list(placeholders.values())
-            placeholders.clear()  # so that our own dict is not among the referrers
-            found += [(h, a, False) for h, a in _referrer_holders(rest)]
-        return found
+        record = trace.record
 
-    def _leak_message(self, trace: _Trace, leaks: list[tuple[str, Any, bool]]) -> str:
+        def after() -> list[_Finding]:
+            extra = before.added_globals(array)
+            snapshot = _Snapshot.take(record, array, extra, trace.key_origin)
+            return _diff(before, snapshot, trace.tracers, trace.known, raised=raised)
+
+        return _guarded(after, record, "leak")
+
+    def _diagnose(
+        self, trace: _Trace, findings: list[_Finding], raised: Exception | None = None
+    ) -> MLXCompileError:
+        record = trace.record
+        leaks = [
+            (f.path, f.value, f.origin == "inputs") for f in findings if f.kind == "placeholder"
+        ]
+        if leaks:
+            message = self._leak_message(trace, leaks, raised)
+            return diagnosis(record, PlaceholderLeakError, "placeholder_leak", message)
+        message = self._written_message(trace, findings)
+        return diagnosis(record, StaleCaptureError, "stale_capture", message)
+
+    def _leak_message(
+        self,
+        trace: _Trace,
+        leaks: list[tuple[str, Any, bool]],
+        raised: Exception | None = None,
+    ) -> str:
         record = trace.record
         fn = record.fn
         declared_only = all(declared for _, _, declared in leaks)
@@ -373,6 +569,26 @@ class Sanitizer(Observer):
             *(f"  holder: {holder} — {_describe_array(a)}" for holder, a, _ in leaks),
             f"  where: {fn.name} defined at {fn.where}",
         ]
+        if raised is not None:
+            first = str(raised).splitlines()[0] if str(raised) else ""
+            lines.append(
+                f"  the trace raised {type(raised).__name__}: {first}; MLX never put the traced"
+                " values back, so every later use of the holder raises '[eval] Attempting to "
+                "eval an array without a primitive' (for mx.random.state: every later random "
+                "call in the process)"
+            )
+            restored = (
+                "pytest-mlxcompile repairs mx.random.state after this test"
+                if any(holder.startswith("mx.random.state") for holder, _, _ in leaks)
+                else "the holder keeps the placeholder"
+            )
+            lines.append(
+                "  fix: check arguments before calling the compiled function (outside the "
+                "trace) and keep state the function updates in inputs=/outputs= or return it; "
+                "after catching the error, reset the holder (mx.random.seed(...) for the random "
+                f"key); {restored}"
+            )
+            return "\n".join(lines)
         if declared_only:
             lines.append(
                 f"  why: {fn.name} updates state it declares in inputs= but not outputs=; MLX "
@@ -398,22 +614,73 @@ class Sanitizer(Observer):
             )
         return "\n".join(lines)
 
+    def _written_message(self, trace: _Trace, findings: list[_Finding]) -> str:
+        """Python state changed, or arrays computed from no traced input, while tracing."""
+        record = trace.record
+        fn = record.fn
+        python = [f for f in findings if f.kind == "python"]
+        constants = [f for f in findings if f.kind == "constant"]
+        first = (python or constants)[0].path
+        lines = [
+            f"{fn.name} [{self.mode}] trace {trace.number} (call {record.calls}) changed "
+            f"{first} while tracing; the graph does not run Python, so later calls never "
+            "change it again",
+        ]
+        lines += [f"  {f.path}: {f.old!r} -> {f.value!r}" for f in python]
+        lines += [
+            f"  {f.path}: set while tracing to a value computed from no traced input "
+            f"({_describe_array(f.value)}), an output the function did not declare"
+            for f in constants
+        ]
+        lines.append(f"  where: {fn.name} defined at {fn.where}; this call traced")
+        if python:
+            lines += [
+                "  why: a Python number changes only while mx.compile traces "
+                "the function; the compiled graph froze the value it read, and inputs=/outputs="
+                " carry arrays only, so declaring its holder does not help",
+                "  fix: keep it in an mx.array (e.g. self.offset = mx.array(0)) and declare its"
+                f" holder in both inputs= and outputs= of {_short(fn.name)}'s mx.compile, or "
+                "update it outside the compiled function and pass it in as an argument",
+            ]
+        if constants:
+            lines += [
+                "  why: an array written outside the function while tracing is an undeclared "
+                "output: the graph writes it only while tracing, never on later calls (and "
+                "evaluating it detaches a node of the cached graph)",
+                f"  fix: return it from {fn.name} and store the returned value outside, or "
+                f"declare its holder: mx.compile({_short(fn.name)}, inputs=state, "
+                "outputs=state) (e.g. inputs=[model.state, optimizer.state])",
+            ]
+        return "\n".join(lines)
+
     # stale captures ------------------------------------------------------------------------
     def _freeze(self, trace: _Trace) -> None:
         """Finish the trace-time record outside the trace, where evaluating is allowed."""
         array = self._mx.array
         stop_gradient = self._mx.stop_gradient
         kept: list[Captured] = []
+        values = [c.slot.value for c in trace.captured if isinstance(c.slot.value, array)]
+        verdicts = iter(_mlx.placeholders(values, trace.tracers))
         for captured in trace.captured:
             value = captured.slot.value
             if isinstance(value, array):
-                if _mlx.is_placeholder(value):
+                verdict = next(verdicts)
+                if verdict == "placeholder":
                     continue  # reported as a leak, or set during the trace: not a capture
                 captured.alias = stop_gradient(value)
+                if verdict == "lazy":
+                    kept.append(captured)  # evaluating it is the test's business, not ours
+                    continue
                 address = buffer_address(value)
                 # A device whose DLPack export copies would show a new address on every read:
                 # then only identity is compared, never a false "updated in place".
                 captured.address = address if address == buffer_address(value) else None
+            else:
+                # What the trace itself wrote (a trace counter) is judged by the state diff;
+                # from here on, a change is one made after the graph was built.
+                now = captured.slot.current()
+                if not holders.missing(now):
+                    captured.slot = replace(captured.slot, value=now)
             kept.append(captured)
         self._captured[trace.record] = kept
 
@@ -456,7 +723,7 @@ class Sanitizer(Observer):
         state = self._mx.random.state
         ins = _random_captured(fn.inputs, None, state, either=True)
         outs = _random_captured(fn.outputs, None, state, either=True)
-        poisoned = _mlx.is_placeholder(_mlx.random_key_list()[0])
+        poisoned = _mlx.is_placeholder(_mlx.random_key_list()[0], trace.tracers)
         lines = [
             f"{fn.name} [{self.mode}] trace {trace.number} (call {record.calls}) drew random "
             "numbers but mx.random.state is not captured in both inputs= and outputs= "
@@ -520,9 +787,25 @@ def _guarded(walk: Callable[[], list[_T]], record: FunctionRecord, check: str) -
         return []
 
 
+def _guarded_one(walk: Callable[[], _T], record: FunctionRecord, check: str) -> _T | None:
+    """:func:`_guarded` for a walk that gives one value."""
+    found = _guarded(lambda: [walk()], record, check)
+    return found[0] if found else None
+
+
 def _short(name: str) -> str:
     """``make.<locals>.f`` -> ``f``: the name as code that compiles it would spell it."""
     return name.rsplit(".", 1)[-1]
+
+
+def _random_origin(inputs: object, outputs: object) -> str:
+    """Where ``mx.random.state`` is declared: "outputs", "inputs" (only), or ""."""
+    state = _mlx.core().random.state
+    if _random_captured(outputs, None, state, either=True):
+        return "outputs"
+    if _random_captured(inputs, None, state, either=True):
+        return "inputs"
+    return ""
 
 
 def _random_captured(
@@ -557,38 +840,3 @@ def _user_line(tb: types.TracebackType | None) -> tuple[str, str]:
         return "a line of the compiled function", ""
     filename, lineno = best
     return f"{locations.relative(filename)}:{lineno}", linecache.getline(filename, lineno).strip()
-
-
-def _referrer_holders(targets: list[Any]) -> list[tuple[str, Any]]:
-    """Name holders the walk did not reach, from ``gc.get_referrers`` (one heap pass)."""
-    by_id = {id(t): t for t in targets}
-    ignore = {id(targets), id(by_id), id(sys._getframe())}
-    found: list[tuple[str, Any]] = []
-    for holder in gc.get_referrers(*targets):
-        if id(holder) in ignore or isinstance(holder, types.FrameType):
-            continue
-        if isinstance(holder, dict):
-            items: list[tuple[Any, Any]] = list(holder.items())
-        elif isinstance(holder, (list, tuple)):
-            items = list(enumerate(holder))
-        else:
-            continue
-        # every holder of every placeholder: each one needs fixing
-        found += [(_name_container(holder, k), by_id[id(v)]) for k, v in items if id(v) in by_id]
-    return found
-
-
-def _name_container(holder: Any, key: Any) -> str:
-    if isinstance(holder, dict) and "__name__" in holder and "__builtins__" in holder:
-        where = locations.relative(str(holder.get("__file__") or holder["__name__"]))
-        return f"global {key!r} in {where}"
-    step = f"key {key!r}" if isinstance(holder, dict) else f"item [{key}]"
-    for owner in gc.get_referrers(holder):
-        if isinstance(owner, dict) and "__name__" in owner and "__builtins__" in owner:
-            for name, value in owner.items():
-                if value is holder:
-                    where = locations.relative(str(owner.get("__file__") or owner["__name__"]))
-                    return f"global {name!r} in {where}, {step}"
-        if getattr(owner, "__dict__", None) is holder:
-            return f"attribute {key!r} of {type(owner).__name__}"
-    return f"{type(holder).__name__} {step}"
