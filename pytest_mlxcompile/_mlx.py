@@ -210,6 +210,18 @@ class Graph:
         return False
 
 
+def same_node(array: Any, alias: Any) -> bool:
+    """Whether ``array`` still holds the array ``alias = mx.stop_gradient(array)`` was made from.
+
+    For an array captured lazily (no buffer address to compare): ``a[i] = v`` or ``a += 1``
+    swaps the array inside the Python object, which the alias's input shows without evaluating
+    anything; an evaluation keeps the same array, so it is no change.
+    """
+    graph = Graph({"w": array, "s": alias})
+    primitive = graph.producer.get("s")
+    return primitive is not None and "w" in graph.inputs.get(primitive, [])
+
+
 #: Tracers of the compile traces the sanitizer watched in the current test: an array whose graph
 #: reaches one of them is a placeholder. Cleared at the start of every test variant.
 known_tracers: list[Any] = []

@@ -124,7 +124,11 @@ class Captured:
                     f"rebound to another value since the trace (trace-time "
                     f"{_describe_array(then)}, now {new})"
                 )
-            if by_address and self.address is not None and buffer_address(now) != self.address:
+            if by_address and (
+                buffer_address(now) != self.address
+                if self.address is not None
+                else self.alias is not None and not _mlx.same_node(now, self.alias)
+            ):
                 return (
                     "updated in place since the trace (same array object, new data: an "
                     "assignment like W[0] = ... or W += ...)"

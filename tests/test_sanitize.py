@@ -195,6 +195,22 @@ WEIGHT_UPDATED_IN_PLACE = """
 """
 
 
+def test_a_lazy_weight_updated_in_place_is_a_stale_capture_though_nothing_evaluated_it(
+    pytester, run
+):
+    # mx.ones is lazy: the trace captures it before it has a buffer address to compare
+    pytester.makepyfile(WEIGHT_UPDATED_IN_PLACE.replace("mx.array([1.0, 2.0, 3.0])", "mx.ones(3)"))
+    result = run("--mlx-parity=off")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "E *StaleCaptureError: scale [[]compiled[]] call 2 *global 'W'*",
+            "E *global 'W' in * (W): updated in place since the trace (same array object, new"
+            " data: an assignment like W[[]0[]] = ... or W += ...)",
+        ]
+    )
+
+
 def test_a_weight_updated_in_place_is_a_stale_capture_though_its_id_is_unchanged(pytester, run):
     pytester.makepyfile(WEIGHT_UPDATED_IN_PLACE)
     result = run()
