@@ -31,11 +31,11 @@ from pytest_mlxcompile.state import capture, restore
 __all__ = [
     "PAYOFF_CALLS",
     "Benchmark",
-    "Roofline",
     "Budget",
     "FunctionTiming",
     "LastCalls",
     "ModeTiming",
+    "Roofline",
     "Speedup",
     "Stats",
     "Target",
@@ -73,6 +73,8 @@ _COMPUTE_OPS = frozenset(
 #: from fusion; below ``_FAR_BELOW`` something other than streaming memory dominates it.
 AT_ROOFLINE = 0.7
 _FAR_BELOW = 0.25
+#: Calls moving fewer bytes than this are never flagged far below the roofline
+_STREAMING_BYTES = 16 * 2**20
 #: Each round lasts at least this many times the cost of timing and synchronizing it (1%).
 _OVERHEAD_FACTOR = 100
 
@@ -290,7 +292,13 @@ class FunctionTiming:
         fraction = self.roofline_fraction()
         if fraction is not None and fraction >= AT_ROOFLINE:
             flags.append("memory-bound, at the roofline")
-        elif fraction is not None and fraction < _FAR_BELOW:
+        elif (
+            fraction is not None
+            and fraction < _FAR_BELOW
+            and self.bytes_in + self.bytes_out >= _STREAMING_BYTES
+        ):
+            # a call this size should stream memory; smaller ones are all per-call overhead,
+            # which the column's percentage shows without a flag
             flags.append("far below the roofline")
         return flags
 
