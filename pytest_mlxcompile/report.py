@@ -27,7 +27,12 @@ from pytest_mlxcompile import _mlx
 from pytest_mlxcompile.instrument import VariantRun
 from pytest_mlxcompile.modes import ALL_MODES, Mode
 from pytest_mlxcompile.settings import CompareRule, Settings
-from pytest_mlxcompile.timing import PAYOFF_CALLS, FunctionTiming
+from pytest_mlxcompile.timing import (
+    PAYOFF_CALLS,
+    ROOFLINE_METHOD,
+    FunctionTiming,
+    measured_roofline,
+)
 
 __all__ = [
     "SCHEMA",
@@ -44,7 +49,10 @@ __all__ = [
 
 SCHEMA = "pytest-mlxcompile/report"
 #: Bump on any change that breaks a reader; adding optional keys does not (docs/report-schema.md).
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+#: Versions a baseline may have: 2 added ``achieved`` and ``run.roofline``, which are optional
+#: on reading.
+_READABLE_VERSIONS = (1, 2)
 #: Keys other checks store in ``FunctionRecord.extra`` that the report copies when present.
 _EXTRA_LISTS = ("recompiles", "diagnoses")
 #: What must match for a baseline's timings to be comparable at all.
@@ -203,9 +211,23 @@ def document(
             "timings_budget": settings.timings_budget,
             "workers": workers,
             "lost_workers": collector.lost_workers,
+            "roofline": _roofline(collector),
         },
         "tests": [collector.records[nodeid] for nodeid in sorted(collector.records)],
     }
+
+
+def _roofline(collector: Collector) -> dict[str, Any]:
+    """The device copy bandwidth the timings were judged against: this process's measurement,
+    else (pytest-xdist) the one a worker's timing carried, else null."""
+    measured = measured_roofline()
+    if measured is not None:
+        return measured.to_json()
+    for _, timing in collector.timings():
+        if timing.roofline is not None:
+            method = ROOFLINE_METHOD.format(mib="64 (CPU) or 512 (GPU)")
+            return {"bandwidth": timing.roofline, "method": f"{method}, in a pytest-xdist worker"}
+    return {"bandwidth": None, "method": "not measured: nothing was timed in a compiled mode"}
 
 
 def write_json(path: str, doc: dict[str, Any]) -> None:
@@ -239,7 +261,7 @@ class Baseline:
                 doc = json.load(handle)
             if doc.get("schema") != SCHEMA:
                 raise ValueError(f"'schema' is {doc.get('schema')!r}, not {SCHEMA!r}")
-            if doc.get("version") != SCHEMA_VERSION:
+            if doc.get("version") not in _READABLE_VERSIONS:
                 raise ValueError(
                     f"version {doc.get('version')!r}; this plugin reads {SCHEMA_VERSION}"
                 )
@@ -399,7 +421,9 @@ def _achieved(timing: FunctionTiming) -> str:
     if bandwidth is None or timing.bound != "memory":
         return "-"
     fraction = timing.roofline_fraction()
-    return format_bandwidth(bandwidth) + ("" if fraction is None else f" {fraction:.0%}")
+    if fraction is None:
+        return format_bandwidth(bandwidth)
+    return format_bandwidth(bandwidth) + (" <1%" if fraction < 0.005 else f" {fraction:.0%}")
 
 
 _MODE_ID = re.compile(r"(?:-|\[)(?:eager|compiled|shapeless)\]$")
