@@ -554,8 +554,11 @@ def timings_table(
         columns = sorted((i for i in keep if _COLUMNS[i][1]), key=lambda i: _COLUMNS[i][1])
         achieved = len(header) - 3
         # the roofline column outlasts the speedup's range, the flags' column and long ids
+        # flags move under their rows once ops -> kernels is gone: every other column is
+        # worth more than one line of flags per flagged row
         steps: list[int | str] = [i for i in columns if i != achieved]
-        steps += ["range", "flags", "ids", *(i for i in columns if i == achieved)]
+        steps[1:1] = ["flags"]
+        steps += ["range", "ids", *(i for i in columns if i == achieved)]
         while _width([header, *rows], keep) > width and steps:
             step = steps.pop(0)
             if step == "range":
