@@ -741,8 +741,18 @@ class VariantRun:
         return "\n".join(lines)
 
 
+_HOOKS = ("before_call", "call_returned", "after_call", "call_failed")
+_overridden: dict[type, frozenset[str]] = {}
+
+
 def _overrides(observer: Observer, hook: str) -> bool:
-    return getattr(type(observer), hook) is not getattr(Observer, hook)
+    kind = type(observer)
+    hooks = _overridden.get(kind)
+    if hooks is None:
+        hooks = _overridden[kind] = frozenset(
+            h for h in _HOOKS if getattr(kind, h) is not getattr(Observer, h)
+        )
+    return hook in hooks
 
 
 def _overriding(observers: Sequence[Observer], hook: str) -> tuple[Callable[..., None], ...]:
