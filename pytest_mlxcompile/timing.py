@@ -89,10 +89,13 @@ class Budget:
     #: steady-state seconds for all modes of one function together
     max_time: float = 1.0
     #: a round lasts at least this long, and at least 100x what timing and synchronizing an idle
-    #: device costs (:func:`round_overhead`). Measured on an H200, draining a GPU's queue at
-    #: the end of a round costs more than an idle sync: 2 ms rounds put a ~60 us eager GELU
-    #: 7% above an independent loop of 50-call blocks, 20 ms rounds within 5%.
-    min_round: float = 2e-2
+    #: device costs (:func:`round_overhead`), so that fixed cost stays below 1% of the median
+    min_round: float = 5e-3
+    #: ... but holds at most this many calls. Measured on an H200 (docs/performance.md): rounds
+    #: of one call charge the end-of-round queue drain to every call (a 0.4 ms compiled GELU read
+    #: 10% slow), and rounds of hundreds of calls let freed buffers pile up until the sync (a
+    #: 55 us one read 17% slow); 50 calls, like an independent loop's blocks, read true.
+    max_iterations: int = 50
     min_rounds: int = 3
     max_rounds: int = 1000
     warmup: int = 2
@@ -597,13 +600,14 @@ def _calibrate(mode: _Mode, budget: Budget, per_call: float) -> None:
     target = max(budget.min_round, _OVERHEAD_FACTOR * round_overhead())
     # a round must leave room for several rounds of every mode within the budget
     target = min(target, budget.max_time / 30)
-    mode.iterations = max(1, math.ceil(target / max(per_call, 1e-9)))
+    cap = budget.max_iterations
+    mode.iterations = min(max(1, math.ceil(target / max(per_call, 1e-9))), cap)
     for _ in range(4):
         took = _round(mode) * mode.iterations
-        if took >= target * 0.8:
+        if took >= target * 0.8 or mode.iterations >= cap:
             break
-        mode.iterations = max(
-            mode.iterations + 1, math.ceil(mode.iterations * target / max(took, 1e-9))
+        mode.iterations = min(
+            max(mode.iterations + 1, math.ceil(mode.iterations * target / max(took, 1e-9))), cap
         )
 
 
