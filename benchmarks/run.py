@@ -24,9 +24,9 @@ average above its cores) is labelled "contended": read those ratios with that in
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
-import math
 import os
 import statistics
 import subprocess
@@ -92,10 +92,8 @@ def machine() -> dict[str, str]:
     import mlx.core as mx
 
     info: dict[str, Any] = {}
-    try:
+    with contextlib.suppress(Exception):
         info = dict(mx.device_info())
-    except Exception:
-        pass
     return {
         "mlx": str(mx.__version__),
         "device": f"{mx.default_device()} ({info.get('device_name') or os.uname().machine})",
@@ -104,8 +102,10 @@ def machine() -> dict[str, str]:
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "command": "python "
         + " ".join(
-            [os.path.relpath(sys.argv[0], Path.cwd()) if sys.argv else "benchmarks/run.py"]
-            + sys.argv[1:]
+            [
+                os.path.relpath(sys.argv[0], Path.cwd()) if sys.argv else "benchmarks/run.py",
+                *sys.argv[1:],
+            ]
         ),
     }
 
@@ -370,7 +370,9 @@ def p3(repeats: int, quick: bool) -> list[Row]:
         for key, args in sides.items():
             walls[key].append(pytest(args, ROOT)[0])
     on, off = (statistics.median(walls[k]) for k in sides)
-    value = statistics.median(a / b for a, b in zip(walls["all checks"], walls["checks off"]))
+    value = statistics.median(
+        a / b for a, b in zip(walls["all checks"], walls["checks off"], strict=False)
+    )
     return [
         {
             "id": "P3",
