@@ -793,6 +793,7 @@ class Benchmark:
         ``fn`` may be plain or returned by ``mx.compile`` (its declared state and shapeless flag
         are honoured). The result is also shown in the timings table and the JSON report.
         """
+        __tracebackhide__ = True  # the error is the caller's: point at their line
         if not callable(fn):
             raise TypeError(
                 f"mlx_benchmark: fn must be callable, got {type(fn).__name__} {_short(fn)}"

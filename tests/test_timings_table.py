@@ -275,7 +275,13 @@ def test_mlx_benchmark_given_something_not_callable_fails_with_a_type_error(pyte
     )
     result = run("--mlx-timings-budget=0.05")
     result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines(["E *TypeError: mlx_benchmark: fn must be callable, got int 42"])
+    result.stdout.fnmatch_lines(
+        [
+            ">       mlx_benchmark(42, mx.ones((4,)))",
+            "E       TypeError: mlx_benchmark: fn must be callable, got int 42",
+        ]
+    )
+    result.stdout.no_fnmatch_line("*pytest_mlxcompile*timing.py*")
     result.stdout.no_fnmatch_line("*= mlx timings =*")
 
 
