@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import operator
 import os
 import sys
 import threading
@@ -94,6 +95,13 @@ class Patches:
 
 _patches: Patches | None = None
 _active: VariantRun | None = None
+#: Bumped on entering and leaving every trace of an instrumented function and every function a
+#: transformation (grad, vmap) runs, and at every change of the active variant: a record takes
+#: the fast path only while its ``fast_generation`` equals it (its observers said they ignore its
+#: cache hits since then). So a call nested in a trace never takes it, and a call that traced
+#: is seen by the generation it left behind; a test cheaper than the thread-local ``_tls``.
+_generation = 0
+_get_ident = threading.get_ident
 
 
 def installed() -> Patches | None:
@@ -104,6 +112,72 @@ def active_run() -> VariantRun | None:
     return _active
 
 
+def _set_active(run: VariantRun | None) -> None:
+    """Every change of the active variant goes through here: it also picks the class's call.
+
+    With no variant active an instrumented function is called through a property that hands
+    back its plain compiled function, all in C: no Python frame, so code outside member tests
+    runs as fast as with plain ``mx.compile`` (benchmarks/run.py, P1).
+    """
+    global _active, _generation
+    _active = run
+    _generation += 1  # a record's fast path belongs to the run that was active when it was set
+    type.__setattr__(
+        InstrumentedFunction, "__call__", _ROUTED_CALL if run is not None else _PLAIN_CALL
+    )
+
+
+class _NoFast:
+    fast_generation = -1
+    thread = -1
+
+
+_NO_FAST = _NoFast()
+
+
+def _routed_call(fast: list[Any], ref: weakref.ref[InstrumentedFunction]) -> Callable[..., Any]:
+    """An instrumented function's call while a variant is active, one per function.
+
+    The fast path, a cache hit of a compiled variant that no check watches, runs here in one
+    frame and touches nothing but two counters; anything else, or a call that traced, goes
+    through :meth:`VariantRun.call` or :meth:`VariantRun._traced`. It holds its function weakly
+    (the function holds it), so dropping a compiled function frees it without a GC cycle.
+    """
+
+    def routed(*args: Any, **kwargs: Any) -> Any:
+        __tracebackhide__ = True
+        record = fast[0]
+        if record.fast_generation != _generation or record.thread != _get_ident():
+            return _full_call(ref(), args, kwargs)
+        record.calls += 1
+        try:
+            # without kwargs MLX's vectorcall skips converting an empty dict (5% of a tiny call)
+            out = record.compiled(*args, **kwargs) if kwargs else record.compiled(*args)
+        except Exception as exc:
+            record.run._call_failed(record, args, kwargs, exc)
+            raise
+        except BaseException as exc:
+            for observer in record.run.observers:
+                observer.call_interrupted(record, exc)
+            raise
+        if _generation != record.fast_generation:  # the body ran: this call traced
+            record.run._traced(record, args, kwargs, out)
+        return out
+
+    return routed
+
+
+def _full_call(
+    fn: InstrumentedFunction | None, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    __tracebackhide__ = True
+    assert fn is not None, "pytest-mlxcompile: an instrumented function called after it was freed"
+    run = _active
+    if run is None:
+        return fn._plain(*args, **kwargs)
+    return run.call(fn, args, kwargs)
+
+
 @contextlib.contextmanager
 def detached(mode: Mode) -> Iterator[None]:
     """Replay calls outside the current test variant: nothing is counted or checked.
@@ -111,15 +185,16 @@ def detached(mode: Mode) -> Iterator[None]:
     For timing. In eager mode nested instrumented functions run their plain Python (as in an
     [eager] variant); in compiled modes they run as declared, inlined into the caller's trace.
     """
-    global _active
     saved, tls = _active, _tls
-    _active = VariantRun(Mode.EAGER, label="detached", parity="off") if mode is Mode.EAGER else None
+    _set_active(
+        VariantRun(Mode.EAGER, label="detached", parity="off") if mode is Mode.EAGER else None
+    )
     saved_depth, saved_eager = tls.depth, tls.eager
     tls.depth, tls.eager = 1, mode is Mode.EAGER
     try:
         yield
     finally:
-        _active = saved
+        _set_active(saved)
         tls.depth, tls.eager = saved_depth, saved_eager
 
 
@@ -154,12 +229,15 @@ def _marking_transform(transform: Callable[..., Any]) -> Callable[..., Any]:
     def patched(fun: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         def inside(*a: Any, **k: Any) -> Any:
             __tracebackhide__ = True
+            global _generation
             _tls.depth += 1
+            _generation += 1
             outer, _tls.transform = _tls.transform, name
             try:
                 return fun(*a, **k)
             finally:
                 _tls.depth -= 1
+                _generation += 1
                 _tls.transform = outer
 
         # MLX's transformed function forwards attribute reads to ``inside``: describe() names
@@ -214,9 +292,8 @@ def activate(run: VariantRun | None) -> VariantRun | None:
 
     For budgets outside pytest (``max_recompiles``), which switch their own run in per call.
     """
-    global _active
     previous = _active
-    _active = run
+    _set_active(run)
     return previous
 
 
@@ -288,6 +365,10 @@ class InstrumentedFunction:
         real_compile: Callable[..., Any],
     ) -> None:
         self._plain = real_compile(fun, inputs, outputs, shapeless)
+        #: [the FunctionRecord whose cache hits may take the fast path, or a stand-in that
+        #: never matches]: read on every call, so no None test
+        self._fast: list[Any] = [_NO_FAST]
+        self._routed = _routed_call(self._fast, weakref.ref(self))
         self.fun = fun
         self.inputs = inputs
         self.outputs = outputs
@@ -305,11 +386,9 @@ class InstrumentedFunction:
         self.__module__ = str(getattr(fun, "__module__", type(fun).__module__))
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        run = _active
-        if run is None:
-            return self._plain(*args, **kwargs)
-        __tracebackhide__ = True
-        return run.call(self, args, kwargs)
+        # Never runs: _set_active makes __call__ a property that hands back _plain (no variant
+        # active) or _routed (one is), so that Python calls them without a frame of ours.
+        return self._routed(*args, **kwargs)
 
     def __repr__(self) -> str:
         return f"<mx.compile'd {self.name} at {self.where} (instrumented by pytest-mlxcompile)>"
@@ -328,10 +407,17 @@ class InstrumentedFunction:
 class Observer:
     """Extension point: a check that watches every instrumented call of a test variant.
 
-    Methods are no-ops here; override what you need. ``trace_*`` run inside MLX's trace (the
-    arguments are tracers: read shapes and dtypes, never evaluate); the others run after the
-    outermost call returned, where evaluating is allowed.
+    Methods are no-ops here; override what you need (hooks left as they are cost nothing).
+    ``trace_*`` run inside MLX's trace (the arguments are tracers: read shapes and dtypes, never
+    evaluate); the others run after the outermost call returned, where evaluating is allowed.
     """
+
+    def watches_hits(self, record: FunctionRecord) -> bool:
+        """Whether ``before_call``/``call_returned``/``after_call`` must run on every call of
+        ``record``. When no observer does, a call that reuses the compiled graph (a cache hit)
+        costs nothing beyond the plain call, and ``call_returned``/``after_call`` run only for
+        calls that traced. Asked again after every call that traced."""
+        return True
 
     def trace_started(
         self, record: FunctionRecord, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -412,6 +498,12 @@ class FunctionRecord:
         self._check_next = False
         #: per-check data observers attach (signature history, diagnoses, timings), by key
         self.extra: dict[str, Any] = {}
+        #: the ``_generation`` at which no observer watched this record's cache hits (-1: one
+        #: does, or not asked since the last trace): the fast path runs while it is current
+        self.fast_generation = -1
+        #: calls may take the fast path at all (a compiled variant with parity off)
+        self.fast = run.mode is Mode.COMPILED and run.parity == "off"
+        self.thread = run._thread
         self.body = self._make_body()
         self.compiled: Callable[..., Any] | None
         if run.mode is Mode.EAGER:
@@ -430,8 +522,9 @@ class FunctionRecord:
         fun = self.fn.fun
         observers = self.run.observers
         record = self
+        tls = _tls
 
-        if self.run.mode is Mode.EAGER or not observers:
+        if self.run.mode is Mode.EAGER:
 
             def body(*args: Any, **kwargs: Any) -> Any:
                 record.traces += 1
@@ -439,17 +532,33 @@ class FunctionRecord:
 
             return body
 
+        # Compiled modes: the body runs only while MLX traces, and marks that time as nested,
+        # so the fast path of a cache hit need not (instrumented calls in it are inlined).
         def observed_body(*args: Any, **kwargs: Any) -> Any:
             __tracebackhide__ = True  # an observer's error (RecompileError) points at the call
+            global _generation
             record.traces += 1
-            for observer in observers:
-                observer.trace_started(record, args, kwargs)
-            out = fun(*args, **kwargs)
-            for observer in observers:
-                observer.trace_finished(record, args, kwargs, out)
+            _generation += 1
+            tls.depth += 1
+            try:
+                for observer in observers:
+                    observer.trace_started(record, args, kwargs)
+                out = fun(*args, **kwargs)
+                for observer in observers:
+                    observer.trace_finished(record, args, kwargs, out)
+            finally:
+                tls.depth -= 1
+                _generation += 1
             return out
 
         return observed_body
+
+    def refresh_fast_path(self) -> None:
+        """After a full-path call: may the next calls take the fast path?"""
+        run = self.run
+        watched = any(observer.watches_hits(self) for observer in run._hit_hooks)
+        self.thread = run._thread
+        self.fast_generation = -1 if watched or not self.fast else _generation
 
     def run_mode(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """Call in this variant's mode, with no checks (nested and transformed calls)."""
@@ -484,12 +593,21 @@ class VariantRun:
         self.records: dict[tuple[int, int, int, bool], FunctionRecord] = {}
         self._record_of: dict[InstrumentedFunction, FunctionRecord] = {}
         self._thread = threading.get_ident()
+        # Only hooks an observer overrides are called.
+        self._before = _overriding(self.observers, "before_call")
+        self._returned = _overriding(self.observers, "call_returned")
+        self._after = _overriding(self.observers, "after_call")
+        self._failed = _overriding(self.observers, "call_failed")
+        self._hit_hooks = tuple(
+            o
+            for o in self.observers
+            if any(_overrides(o, hook) for hook in ("before_call", "call_returned", "after_call"))
+        )
 
     # lifecycle -------------------------------------------------------------------------------
     def start(self) -> None:
         """Make this the active variant; compiled modes first check that compile is really on."""
-        global _active
-        _active = self
+        _set_active(self)
         self._thread = threading.get_ident()
         if self.mode.compiles:
             assert _patches is not None
@@ -503,9 +621,8 @@ class VariantRun:
     def stop(self) -> None:
         """Deactivate and drop the compiled wrappers (their MLX cache entries go with them)."""
         __tracebackhide__ = True  # a check failing in finish() is about the test, not us
-        global _active
         if _active is self:
-            _active = None
+            _set_active(None)
         try:
             for observer in self.observers:
                 observer.finish(self)
@@ -544,6 +661,8 @@ class VariantRun:
         record = self._record_of.get(fn)
         if record is None:
             record = self._record_of[fn] = self._record_for(fn)
+            if record.fast:
+                fn._fast[0] = record
         tls = _tls
         if tls.depth:
             if tls.eager:
@@ -571,8 +690,8 @@ class VariantRun:
                 f"by mx.disable_compile() at {switch.switched_at}, so this call would run eagerly."
                 " Fix: call mx.enable_compile() again before calling compiled code"
             )
-        for observer in self.observers:
-            observer.before_call(record, args, kwargs)
+        for before_call in self._before:
+            before_call(record, args, kwargs)
         check = self.parity != "off"
         roots = record.fn.state_roots() if check or self.mode is Mode.SHAPELESS else []
         before = [(name, capture(tree)) for name, tree in roots]
@@ -595,8 +714,7 @@ class VariantRun:
             ):
                 _skip_not_shapeless(record, exc)
             if isinstance(exc, Exception):
-                for observer in self.observers:
-                    observer.call_failed(record, args, kwargs, exc)
+                self._call_failed(record, args, kwargs, exc)
             else:
                 for observer in self.observers:
                     observer.call_interrupted(record, exc)
@@ -604,13 +722,45 @@ class VariantRun:
         finally:
             tls.depth -= 1
         traced = record.traces != traces_before
-        for observer in self.observers:
-            observer.call_returned(record, args, kwargs, out, traced)
+        for call_returned in self._returned:
+            call_returned(record, args, kwargs, out, traced)
         if check and (self.parity == "all" or traced or record._check_next):
             self._shadow_check(record, args, kwargs, out, before, traced)
-        for observer in self.observers:
-            observer.after_call(record, args, kwargs, out, traced)
+        for after_call in self._after:
+            after_call(record, args, kwargs, out, traced)
+        record.refresh_fast_path()
         return out
+
+    def _call_failed(
+        self,
+        record: FunctionRecord,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        exc: Exception,
+    ) -> None:
+        __tracebackhide__ = True
+        for call_failed in self._failed:
+            call_failed(record, args, kwargs, exc)
+
+    def _traced(
+        self, record: FunctionRecord, args: tuple[Any, ...], kwargs: dict[str, Any], out: object
+    ) -> None:
+        """After a fast-path call that traced: the hooks a traced call always gets."""
+        __tracebackhide__ = True
+        assert _patches is not None
+        switch = _patches.switch
+        if switch.switched_on is False:
+            # Compile switched off: the body ran eagerly, which is how we notice on this path.
+            raise CompileDisabledError(
+                f"{record.fn.name} [{self.mode}] call {record.calls}: mx.compile was switched off "
+                f"by mx.disable_compile() at {switch.switched_at}, so this call ran eagerly."
+                " Fix: call mx.enable_compile() again before calling compiled code"
+            )
+        for call_returned in self._returned:
+            call_returned(record, args, kwargs, out, True)
+        for after_call in self._after:
+            after_call(record, args, kwargs, out, True)
+        record.refresh_fast_path()
 
     def _shadow_check(
         self,
@@ -900,6 +1050,32 @@ def _generator_message(record: FunctionRecord, mode: Mode) -> str:
         f"  fix: return the arrays (a list or tuple) from {fn.name} instead of yielding them, "
         "or compile the function the generator calls for each item"
     )
+
+
+_HOOKS = ("before_call", "call_returned", "after_call", "call_failed")
+_overridden: dict[type, frozenset[str]] = {}
+
+
+def _overrides(observer: Observer, hook: str) -> bool:
+    kind = type(observer)
+    hooks = _overridden.get(kind)
+    if hooks is None:
+        hooks = _overridden[kind] = frozenset(
+            h for h in _HOOKS if getattr(kind, h) is not getattr(Observer, h)
+        )
+    return hook in hooks
+
+
+def _overriding(observers: Sequence[Observer], hook: str) -> tuple[Callable[..., None], ...]:
+    return tuple(getattr(o, hook) for o in observers if _overrides(o, hook))
+
+
+#: ``InstrumentedFunction.__call__`` while a variant is active, and while none is: properties
+#: whose getters (in C) return the per-function routed call or the plain compiled function,
+#: which Python then calls; a ``def __call__`` would cost a frame and a method lookup per call.
+_ROUTED_CALL = property(operator.attrgetter("_routed"))
+_PLAIN_CALL = property(operator.attrgetter("_plain"))
+type.__setattr__(InstrumentedFunction, "__call__", _PLAIN_CALL)
 
 
 def _skip_not_shapeless(record: FunctionRecord, exc: BaseException) -> None:

@@ -540,16 +540,11 @@ class RecompileObserver(Observer):
         if stack:
             stack.pop()
 
-    def before_call(
-        self, record: FunctionRecord, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> None:
-        # An outermost call: nothing is being traced, whatever an earlier failed trace left.
-        self._tracing.stack.clear()
-        self._pending = None
-
     def call_failed(
         self, record: FunctionRecord, args: tuple[Any, ...], kwargs: dict[str, Any], exc: Exception
     ) -> None:
+        # A trace that raised never popped: the next outermost call starts with nothing traced.
+        self._tracing.stack.clear()
         pending, self._pending = self._pending, None
         if pending is None or isinstance(exc, MLXCompileError):
             return
@@ -560,6 +555,12 @@ class RecompileObserver(Observer):
                 f"pytest-mlxcompile: this call also retraced over budget ({first}); the "
                 "RecompileError is not raised because the call failed first"
             )
+
+    def watches_hits(self, record: FunctionRecord) -> bool:
+        # Cache hits matter only to the silent-reuse warning, for functions whose arguments
+        # can be reused ambiguously; the others' hits cost nothing (instrument's fast path).
+        found = self._of_record.get(id(record))
+        return found is not None and found[1].ambiguous and id(record) not in self._warned
 
     def after_call(
         self,

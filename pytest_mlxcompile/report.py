@@ -13,8 +13,10 @@ import json
 import math
 import os
 import platform
+import re
 import sys
 import tempfile
+import textwrap
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -26,7 +28,12 @@ from pytest_mlxcompile import _mlx, shapeless_probe
 from pytest_mlxcompile.instrument import VariantRun
 from pytest_mlxcompile.modes import ALL_MODES, Mode
 from pytest_mlxcompile.settings import CompareRule, Settings
-from pytest_mlxcompile.timing import PAYOFF_CALLS, FunctionTiming
+from pytest_mlxcompile.timing import (
+    PAYOFF_CALLS,
+    ROOFLINE_METHOD,
+    FunctionTiming,
+    measured_roofline,
+)
 
 __all__ = [
     "SCHEMA",
@@ -43,7 +50,10 @@ __all__ = [
 
 SCHEMA = "pytest-mlxcompile/report"
 #: Bump on any change that breaks a reader; adding optional keys does not (docs/report-schema.md).
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+#: Versions a baseline may have: 2 added ``achieved`` and ``run.roofline``, which are optional
+#: on reading.
+_READABLE_VERSIONS = (1, 2)
 #: Keys other checks store in ``FunctionRecord.extra`` that the report copies when present.
 _EXTRA_LISTS = ("recompiles", "diagnoses", "notes")
 #: What must match for a baseline's timings to be comparable at all.
@@ -267,12 +277,26 @@ def document(
             "exitstatus": end.exitstatus,
             "interrupted": end.interrupted,
             "complete": end.complete,
+            "roofline": _roofline(collector),
         },
         "tests": [collector.records[nodeid] for nodeid in sorted(collector.records)],
         "shapeless": shapeless_probe.notes_of(
             collector.records[n] for n in sorted(collector.records)
         ),
     }
+
+
+def _roofline(collector: Collector) -> dict[str, Any]:
+    """The device copy bandwidth the timings were judged against: this process's measurement,
+    else (pytest-xdist) the one a worker's timing carried, else null."""
+    measured = measured_roofline()
+    if measured is not None:
+        return measured.to_json()
+    for _, timing in collector.timings():
+        if timing.roofline is not None:
+            method = ROOFLINE_METHOD.format(mib="64 (CPU) or 512 (GPU)")
+            return {"bandwidth": timing.roofline, "method": f"{method}, in a pytest-xdist worker"}
+    return {"bandwidth": None, "method": "not measured: nothing was timed in a compiled mode"}
 
 
 def write_json(path: str, doc: dict[str, Any]) -> None:
@@ -359,8 +383,9 @@ def _load_valid(path: str) -> dict[str, Any]:
     if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
         found = doc.get("schema") if isinstance(doc, dict) else type(doc).__name__
         raise ValueError(f"'schema' is {found!r}, not {SCHEMA!r}")
-    if doc.get("version") != SCHEMA_VERSION:
-        raise ValueError(f"version {doc.get('version')!r}; this plugin reads {SCHEMA_VERSION}")
+    if doc.get("version") not in _READABLE_VERSIONS:
+        readable = " and ".join(map(str, _READABLE_VERSIONS))
+        raise ValueError(f"version {doc.get('version')!r}; this plugin reads versions {readable}")
     with open(SCHEMA_FILE, encoding="utf-8") as handle:
         schema = json.load(handle)
     error = jsonschema.exceptions.best_match(
@@ -483,23 +508,48 @@ def format_time(seconds: float | None) -> str:
     return f"{seconds / 1e-9:.3g}ns"
 
 
+_UNITS = (("s", 1.0), ("ms", 1e-3), ("us", 1e-6), ("ns", 1e-9))
+
+
+def _unit(values: Iterable[float | None]) -> tuple[str, float]:
+    """One unit for a whole column: the largest in which the column's median is at least 1."""
+    known = sorted(v for v in values if v is not None and v > 0)
+    if not known:
+        return "us", 1e-6
+    typical = known[len(known) // 2]
+    return next(((u, s) for u, s in _UNITS if typical >= s), _UNITS[-1])
+
+
+def _number(value: float) -> str:
+    """Three significant digits without an exponent: 1234, 123, 12.3, 1.23, 0.123."""
+    if value >= 100:
+        return f"{value:.0f}"
+    if value >= 10:
+        return f"{value:.1f}"
+    if value >= 1:
+        return f"{value:.2f}"
+    return f"{value:.3f}"
+
+
+def _in_unit(seconds: float | None, scale: float, *, tiny: str = "~0") -> str:
+    if seconds is None:
+        return "-"
+    if seconds / scale < 0.0005:
+        return tiny  # a compile cost lost in noise is not "0ns"
+    return _number(seconds / scale)
+
+
 def _calls(value: float | None) -> str:
     if value is None:
         return "-"
-    return "never" if math.isinf(value) else f"{math.ceil(value)} calls"
+    if math.isinf(value):
+        return "never"
+    calls = max(math.ceil(value), 1)  # a compile that costs nothing pays off at once
+    return "1 call" if calls == 1 else f"{calls} calls"
 
 
 def _ratio(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}x"
-
-
-def _median(timing: FunctionTiming, mode: Mode) -> str:
-    entry = timing.modes.get(mode)
-    if entry is None:
-        return "-"
-    if entry.error is not None:
-        return "n/a"
-    return format_time(timing.median(mode))
 
 
 def _fusion(timing: FunctionTiming) -> str:
@@ -509,39 +559,230 @@ def _fusion(timing: FunctionTiming) -> str:
     return f"{eager.nodes} -> {compiled.kernels}"
 
 
+def format_bandwidth(value: float) -> str:
+    for unit, scale in (("TB/s", 1e12), ("GB/s", 1e9), ("MB/s", 1e6)):
+        if value >= scale:
+            return f"{value / scale:.3g} {unit}"
+    return f"{value / 1e3:.3g} kB/s"
+
+
+def _achieved(timing: FunctionTiming) -> str:
+    """``2.6 TB/s 89%``: compiled bandwidth and its fraction of the device's copy roofline."""
+    if timing.bound == "compute":
+        return "compute-bound"
+    bandwidth = timing.bandwidth(Mode.COMPILED)
+    if bandwidth is None or timing.bound != "memory":
+        return "-"
+    fraction = timing.roofline_fraction()
+    if fraction is None:
+        return format_bandwidth(bandwidth)
+    return format_bandwidth(bandwidth) + (" <1%" if fraction < 0.005 else f" {fraction:.0%}")
+
+
+_MODE_ID = re.compile(r"(?:-|\[)(?:eager|compiled|shapeless)\]$")
+
+
 def _test_name(nodeid: str) -> str:
-    """The node id without its file: short, and still names the class and parameters."""
-    return nodeid.split("::", 1)[-1]
+    """The node id without its file and its mode (a test is timed in one variant only)."""
+    name = nodeid.split("::", 1)[-1]
+    name = _MODE_ID.sub(lambda m: "]" if m.group(0)[0] == "-" else "", name)
+    return name.replace("mlx.core.", "")
 
 
-def _row(nodeid: str, timing: FunctionTiming) -> list[str]:
-    test = _test_name(nodeid)
-    speedup = timing.speedup(Mode.COMPILED)
-    flags = timing.flags() + (["contended"] if timing.contended else [])
-    return [
-        f"{test}::{timing.function}",
-        *(_median(timing, mode) for mode in ALL_MODES),
-        "-" if speedup is None else str(speedup),
-        format_time(timing.compile_cost(Mode.COMPILED)),
-        _calls(timing.break_even(Mode.COMPILED)),
-        _ratio(timing.memory_ratio(Mode.COMPILED)),
-        _fusion(timing),
-        "; ".join(flags),
+def _short_function(name: str) -> str:
+    return name.replace("<locals>.", "")
+
+
+def _natural(text: str) -> list[tuple[int, int | str]]:
+    """Sort key that orders numbers by value: ``[64]`` before ``[512]``."""
+    return [(0, int(part)) if part.isdigit() else (1, part) for part in re.split(r"(\d+)", text)]
+
+
+def _shorten(text: str, width: int) -> str:
+    """Fit ``test[params]::function`` in ``width``: the test's name gives way first, so rows
+    of one parametrized test stay apart; then the middle of what is left."""
+    if len(text) <= width:
+        return text
+    cut = text.find("[")
+    if cut < 0:
+        cut = text.find("::")
+    name, rest = (text[:cut], text[cut:]) if cut > 0 else (text, "")
+    room = width - len(rest) - 3
+    if room >= 8:
+        return name[:room] + "..." + rest
+    keep = max(width - 3, 2)
+    head = keep * 2 // 3
+    return text[:head] + "..." + text[len(text) - (keep - head) :]
+
+
+#: Columns in the order shown; ``drop`` ranks what goes first when the terminal is too narrow
+#: (0: never dropped).
+_COLUMNS = (
+    ("test::function", 0),
+    ("eager", 0),
+    ("compiled", 0),
+    ("shapeless", 4),
+    ("speedup [range]", 0),
+    ("compile", 5),
+    ("break-even", 6),
+    ("mem", 2),
+    ("achieved", 7),
+    ("ops -> kernels", 1),
+    ("flags", 0),
+)
+
+
+@dataclass
+class TimingsTable:
+    """The terminal's timings table: rows fitted to a width, a legend, and what to colour."""
+
+    lines: list[str]
+    #: per line: "red" (compiled is slower), "yellow" (no gain beyond noise) or ""
+    colours: list[str]
+
+
+def timings_table(
+    timings: list[tuple[str, FunctionTiming]], *, width: int = 200, verbosity: int = 0
+) -> TimingsTable:
+    """Rows sorted by test (numbers by value), one unit per time column, fitted to ``width``.
+
+    Narrow terminals lose the least telling columns first (ops -> kernels, mem, shapeless,
+    compile, break-even, achieved), then the speedup's range, then flags move under their row,
+    then ids are shortened in the middle. ``verbosity`` > 0 keeps everything; < 0 (``-q``)
+    prints no legend.
+    """
+    ordered = sorted(timings, key=lambda item: (_natural(item[0]), item[1].function))
+    units = {mode: _unit(t.median(mode) for _, t in ordered) for mode in (*ALL_MODES,)}
+    compile_unit = _unit(t.compile_cost(Mode.COMPILED) for _, t in ordered)
+    header = [
+        "test::function",
+        *(f"{mode} {units[mode][0]}" for mode in ALL_MODES),
+        "speedup [range]",
+        f"compile {compile_unit[0]}",
+        "break-even",
+        "mem",
+        "achieved",
+        "ops -> kernels",
+        "flags",
     ]
+    rows: list[list[str]] = []
+    colours: list[str] = []
+    for nodeid, timing in ordered:
+        speedup = timing.speedup(Mode.COMPILED)
+        flags = timing.flags() + (["contended"] if timing.contended else [])
+        cells = [f"{_test_name(nodeid)}::{_short_function(timing.function)}"]
+        for mode in ALL_MODES:
+            entry = timing.modes.get(mode)
+            if entry is None:
+                cells.append("-")
+            elif entry.error is not None:
+                cells.append("n/a")
+            else:
+                cells.append(_in_unit(timing.median(mode), units[mode][1], tiny="<0.001"))
+        cells += [
+            "-" if speedup is None else str(speedup),
+            _in_unit(timing.compile_cost(Mode.COMPILED), compile_unit[1]),
+            _calls(timing.break_even(Mode.COMPILED)),
+            _ratio(timing.memory_ratio(Mode.COMPILED)),
+            _achieved(timing),
+            _fusion(timing),
+            "; ".join(flags),
+        ]
+        rows.append(cells)
+        colours.append(
+            "red"
+            if "slower than eager" in flags
+            else "yellow"
+            if "no gain beyond noise" in flags
+            else ""
+        )
+    keep = [i for i in range(len(header)) if _COLUMNS[i][1] == 0 or any(r[i] != "-" for r in rows)]
+    flags_below = False
+    if verbosity <= 0:
+        longest = max(len(r[0]) for r in rows)
+        excess = _width([header, *rows], keep) - width
+        if excess > 0:  # long ids give way first, down to 45% of the width
+            for row in rows:
+                row[0] = _shorten(row[0], max(longest - excess, int(width * 0.45)))
+        columns = sorted((i for i in keep if _COLUMNS[i][1]), key=lambda i: _COLUMNS[i][1])
+        achieved = len(header) - 3
+        # the roofline column outlasts the speedup's range, the flags' column and long ids
+        # flags move under their rows once ops -> kernels is gone: every other column is
+        # worth more than one line of flags per flagged row
+        steps: list[int | str] = [i for i in columns if i != achieved]
+        steps[1:1] = ["flags"]
+        steps += ["range", "ids", *(i for i in columns if i == achieved)]
+        while _width([header, *rows], keep) > width and steps:
+            step = steps.pop(0)
+            if step == "range":
+                header[4] = "speedup"
+                for row in rows:
+                    row[4] = row[4].split(" ", 1)[0]
+            elif step == "flags":
+                flags_below = True
+                keep.remove(len(header) - 1)
+            elif step == "ids":
+                excess = _width([header, *rows], keep) - width
+                id_width = max(max(len(r[0]) for r in [header, *rows]) - excess, 24)
+                for row in rows:
+                    row[0] = _shorten(row[0], id_width)
+            elif isinstance(step, int):
+                keep.remove(step)
+        excess = _width([header, *rows], keep) - width
+        if excess > 0:
+            id_width = max(max(len(r[0]) for r in [header, *rows]) - excess, 24)
+            for row in rows:
+                row[0] = _shorten(row[0], id_width)
+    lines: list[str] = []
+    line_colours: list[str] = []
+    table = _table([[header[i] for i in keep], *([r[i] for i in keep] for r in rows)])
+    for i, text in enumerate(table):
+        lines.append(text)
+        line_colours.append("" if i == 0 else colours[i - 1])
+        if flags_below and i > 0 and rows[i - 1][-1]:
+            lines.append(f"    flags: {rows[i - 1][-1]}")
+            line_colours.append(colours[i - 1])
+    if verbosity >= 0:
+        legend = [
+            wrapped
+            for line in _legend(timings, verbose=verbosity > 0)
+            for wrapped in (textwrap.wrap(line, width, subsequent_indent="  ") or [""])
+        ]
+        lines += legend
+        line_colours += [""] * len(legend)
+    return TimingsTable(lines, line_colours)
 
 
-_HEADER = [
-    "test::function",
-    "eager",
-    "compiled",
-    "shapeless",
-    "speedup [range]",
-    "compile",
-    "break-even",
-    "mem",
-    "ops -> kernels",
-    "flags",
-]
+def _width(rows: list[list[str]], keep: list[int]) -> int:
+    return sum(max(len(row[i]) for row in rows) for i in keep) + 2 * (len(keep) - 1)
+
+
+def _legend(timings: list[tuple[str, FunctionTiming]], *, verbose: bool) -> list[str]:
+    lines = [
+        "",
+        "eager/compiled/shapeless: median per call, outputs evaluated (n/a: the mode cannot run "
+        "it, see the JSON report)",
+        "speedup: eager / compiled median [quartiles of eager / compiled over paired rounds]",
+        "achieved: bytes in + out per compiled call / median, and % of this device's copy "
+        "bandwidth",
+    ]
+    if verbose:
+        lines += [
+            "compile: first call of a fresh compile minus the median; break-even: compile / time "
+            "saved per call",
+            "mem: compiled / eager peak memory; ops -> kernels: primitives in the eager graph -> "
+            "non-view nodes in the compiled graph",
+            "flags: 'slower than eager' or 'no gain beyond noise' when the speedup range is below "
+            f"1 or includes it; 'pays off after >{PAYOFF_CALLS} calls'; 'memory-bound, at the "
+            "roofline' (nothing left to gain from fusing) or 'far below the roofline' (overhead "
+            "or compute dominates); compute-bound: a matrix product or convolution, no roofline %",
+        ]
+    if any(timing.contended for _, timing in timings):
+        lines.append(
+            "contended: timed while other pytest-xdist workers shared the machine; "
+            "rerun with -n 0 for clean figures"
+        )
+    return lines
 
 
 def _table(rows: list[list[str]]) -> list[str]:
@@ -552,27 +793,10 @@ def _table(rows: list[list[str]]) -> list[str]:
     ]
 
 
-def summary_lines(timings: list[tuple[str, FunctionTiming]]) -> list[str]:
-    rows = [_HEADER, *(_row(nodeid, timing) for nodeid, timing in timings)]
-    lines = _table(rows)
-    lines += [
-        "",
-        "eager/compiled/shapeless: median per call with outputs evaluated (n/a: the mode cannot "
-        "run it, see the JSON report)",
-        "speedup: eager / compiled median [quartiles of eager / compiled over paired rounds]; "
-        "compile: first call of a fresh compile minus the median; break-even: compile / time "
-        "saved per call",
-        "mem: compiled / eager peak memory; ops -> kernels: primitives in the eager graph -> "
-        "non-view nodes in the compiled graph",
-        f"flags: 'slower than eager' or 'no gain beyond noise' when the speedup range is below 1 "
-        f"or includes it; 'pays off after >{PAYOFF_CALLS} calls'",
-    ]
-    if any(timing.contended for _, timing in timings):
-        lines.append(
-            "contended: timed while other pytest-xdist workers shared the machine; "
-            "rerun with -n 0 for clean figures"
-        )
-    return lines
+def summary_lines(
+    timings: list[tuple[str, FunctionTiming]], *, width: int = 200, verbosity: int = 0
+) -> list[str]:
+    return timings_table(timings, width=width, verbosity=verbosity).lines
 
 
 def compare_lines(baseline: Baseline, timings: list[tuple[str, FunctionTiming]]) -> list[str]:
@@ -614,8 +838,13 @@ def write_summary(
     timings = collector.timings()
     if timings:
         terminal.write_sep("=", "mlx timings")
-        for line in summary_lines(timings):
-            terminal.write_line(line)
+        table = timings_table(
+            timings,
+            width=terminal._tw.fullwidth - 1,
+            verbosity=terminal.config.get_verbosity(),
+        )
+        for line, colour in zip(table.lines, table.colours, strict=True):
+            terminal.write_line(line, **({colour: True} if colour else {}))
     if baseline is not None:
         terminal.write_sep("=", f"mlx compare with {baseline.path}")
         for line in compare_lines(baseline, timings):

@@ -29,17 +29,25 @@ from pytest_mlxcompile.modes import Mode, parse_modes
 from pytest_mlxcompile.state import capture, restore
 
 __all__ = [
+    "AT_ROOFLINE",
     "PAYOFF_CALLS",
+    "ROOFLINE_METHOD",
     "Benchmark",
     "Budget",
     "FunctionTiming",
     "LastCalls",
     "ModeTiming",
+    "Roofline",
     "Speedup",
     "Stats",
     "Target",
     "auto_modes",
+    "bound_of",
+    "graph_labels",
     "measure",
+    "measured_roofline",
+    "roofline",
+    "round_overhead",
 ]
 
 #: A compile that needs more calls than this to pay for itself is flagged: most functions in a
@@ -51,14 +59,43 @@ _VIEWS = frozenset(
     {"Broadcast", "BroadcastAxes", "Reshape", "Squeeze", "ExpandDims", "Transpose", "AsStrided"}
 )
 _LABEL = re.compile(r'label\s*="([^"]*)"')
+#: Primitives whose work grows faster than the bytes they move (matrix products, convolutions):
+#: a graph with one of them is called compute-bound and gets no roofline percentage.
+_COMPUTE_OPS = frozenset(
+    {
+        "Matmul",
+        "AddMM",
+        "BlockMaskedMM",
+        "GatherMM",
+        "SegmentedMM",
+        "QuantizedMatmul",
+        "GatherQMM",
+        "Convolution",
+        "ScaledDotProductAttention",
+    }
+)
+#: A memory-bound call at this fraction of the copy roofline or above has nothing left to gain
+#: from fusion; below ``_FAR_BELOW`` something other than streaming memory dominates it.
+AT_ROOFLINE = 0.7
+_FAR_BELOW = 0.25
+#: Calls moving fewer bytes than this are never flagged far below the roofline
+_STREAMING_BYTES = 16 * 2**20
+#: Each round lasts at least this many times the cost of timing and synchronizing it (1%).
+_OVERHEAD_FACTOR = 100
 
 
 @dataclass(frozen=True)
 class Budget:
     #: steady-state seconds for all modes of one function together
     max_time: float = 1.0
-    #: a round lasts at least this long, far above perf_counter's resolution (~100 ns)
-    min_round: float = 2e-4
+    #: a round lasts at least this long, and at least 100x what timing and synchronizing an idle
+    #: device costs (:func:`round_overhead`), so that fixed cost stays below 1% of the median
+    min_round: float = 5e-3
+    #: ... but holds at most this many calls. Measured on an H200 (docs/performance.md): rounds
+    #: of one call charge the end-of-round queue drain to every call (a 0.4 ms compiled GELU read
+    #: 10% slow), and rounds of hundreds of calls let freed buffers pile up until the sync (a
+    #: 55 us one read 17% slow); 50 calls, like an independent loop's blocks, read true.
+    max_iterations: int = 50
     min_rounds: int = 3
     max_rounds: int = 1000
     warmup: int = 2
@@ -185,6 +222,10 @@ class FunctionTiming:
     source: str = "auto"
     #: timed while other pytest-xdist workers ran on the same machine
     contended: bool = False
+    #: bytes/s of a compiled copy on this device (:func:`roofline`); None when not measured
+    roofline: float | None = None
+    #: "memory", "compute" (the graph has a matrix product or convolution) or "unknown"
+    bound: str = "unknown"
 
     def __getitem__(self, mode: Mode | str) -> ModeTiming:
         return self.modes[Mode(mode)]
@@ -229,18 +270,47 @@ class FunctionTiming:
         median = self.median(mode)
         return None if not median else (self.bytes_in + self.bytes_out) / median
 
+    def roofline_fraction(self) -> float | None:
+        """Compiled bandwidth / the device's copy bandwidth; None unless memory-bound."""
+        achieved = self.bandwidth(Mode.COMPILED)
+        if self.bound != "memory" or achieved is None or not self.roofline:
+            return None
+        return achieved / self.roofline
+
+    def achieved(self) -> dict[str, Any]:
+        """The JSON report's ``achieved`` entry: compiled bandwidth against the roofline."""
+        return {
+            "bytes": self.bytes_in + self.bytes_out,
+            "bandwidth": self.bandwidth(Mode.COMPILED),
+            "roofline": self.roofline,
+            "fraction": self.roofline_fraction(),
+            "bound": self.bound,
+        }
+
     def flags(self) -> list[str]:
-        """What a reader should look at: compiled slower than eager beyond noise, or no payoff."""
+        """What a reader should look at: compiled slower than eager beyond noise, or no payoff;
+        and where a memory-bound call stands against the device's copy bandwidth."""
         speedup, calls = self.speedup(Mode.COMPILED), self.break_even(Mode.COMPILED)
-        if speedup is None:
-            return []
-        if speedup.high < 1:
-            return ["slower than eager"]
-        if speedup.low <= 1:
-            return ["no gain beyond noise"]
-        if calls is not None and calls > PAYOFF_CALLS:
-            return [f"pays off after >{PAYOFF_CALLS} calls"]
-        return []
+        flags: list[str] = []
+        if speedup is not None:
+            if speedup.high < 1:
+                flags.append("slower than eager")
+            elif speedup.low <= 1:
+                flags.append("no gain beyond noise")
+            elif calls is not None and calls > PAYOFF_CALLS:
+                flags.append(f"pays off after >{PAYOFF_CALLS} calls")
+        fraction = self.roofline_fraction()
+        if fraction is not None and fraction >= AT_ROOFLINE:
+            flags.append("memory-bound, at the roofline")
+        elif (
+            fraction is not None
+            and fraction < _FAR_BELOW
+            and self.bytes_in + self.bytes_out >= _STREAMING_BYTES
+        ):
+            # a call this size should stream memory; smaller ones are all per-call overhead,
+            # which the column's percentage shows without a flag
+            flags.append("far below the roofline")
+        return flags
 
     def to_json(self) -> dict[str, Any]:
         compiled_modes = [m for m in self.modes if m.compiles]
@@ -258,6 +328,7 @@ class FunctionTiming:
             "compile_cost": {str(m): self.compile_cost(m) for m in compiled_modes},
             "break_even_calls": {str(m): _finite(self.break_even(m)) for m in compiled_modes},
             "bandwidth": {str(m): self.bandwidth(m) for m in self.modes},
+            "achieved": self.achieved(),
             "flags": self.flags(),
         }
 
@@ -271,6 +342,8 @@ class FunctionTiming:
             bytes_out=data.get("bytes_out", 0),
             source=data.get("source", "auto"),
             contended=data.get("contended", False),
+            roofline=(data.get("achieved") or {}).get("roofline"),
+            bound=(data.get("achieved") or {}).get("bound", "unknown"),
         )
 
 
@@ -318,18 +391,116 @@ def _nbytes(tree: object) -> int:
     return sum(int(a.nbytes) for a in _arrays(tree))
 
 
-def count_nodes(outputs: Iterable[Any]) -> tuple[int, int]:
-    """(primitive nodes, nodes that are not views) in the graph of unevaluated ``outputs``."""
+def graph_labels(outputs: Iterable[Any]) -> list[str]:
+    """The primitive of every node in the graph of unevaluated ``outputs`` (``"Add"``, ...)."""
     import io
 
     mx = _mlx.core()
     arrays = list(outputs)
     if not arrays:
-        return 0, 0
+        return []
     buffer = io.StringIO()
     mx.export_to_dot(buffer, *arrays)
-    labels = _LABEL.findall(buffer.getvalue())
+    return _LABEL.findall(buffer.getvalue())
+
+
+def count_nodes(outputs: Iterable[Any]) -> tuple[int, int]:
+    """(primitive nodes, nodes that are not views) in the graph of unevaluated ``outputs``."""
+    labels = graph_labels(outputs)
     return len(labels), sum(1 for label in labels if label not in _VIEWS)
+
+
+def bound_of(labels: Iterable[str]) -> str:
+    """ "compute" for a graph with a matrix product or convolution, else "memory"."""
+    labels = list(labels)
+    if not labels:
+        return "unknown"
+    return "compute" if any(label in _COMPUTE_OPS for label in labels) else "memory"
+
+
+_overhead: dict[str, float] = {}
+
+
+def round_overhead() -> float:
+    """Seconds one round costs beyond its calls (the clock and ``mx.synchronize``), measured
+    once per process and device: rounds are calibrated to last 100 times longer."""
+    mx = _mlx.core()
+    key = str(mx.default_device())
+    if key not in _overhead:
+        samples = []
+        for _ in range(25):
+            start = time.perf_counter()
+            mx.synchronize()
+            samples.append(time.perf_counter() - start)
+        _overhead[key] = statistics.median(samples)
+    return _overhead[key]
+
+
+@dataclass(frozen=True)
+class Roofline:
+    """The device's streaming bandwidth: what a compiled copy of a large array achieves."""
+
+    bandwidth: float | None
+    method: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"bandwidth": self.bandwidth, "method": self.method}
+
+
+_rooflines: dict[str, Roofline] = {}
+ROOFLINE_METHOD = "compiled x + 1 over {mib} MiB float32 (read + write), median of rounds"
+
+
+def measured_roofline() -> Roofline | None:
+    """The roofline this process measured on the default device, if it has (no measuring)."""
+    if not _mlx.is_loaded():
+        return None
+    return _rooflines.get(str(_mlx.core().default_device()))
+
+
+def roofline() -> Roofline:
+    """Measured once per process and device, when the first function is timed."""
+    mx = _mlx.core()
+    device = mx.default_device()
+    key = str(device)
+    if key not in _rooflines:
+        _rooflines[key] = _measure_roofline(mx, device.type == mx.gpu)
+    return _rooflines[key]
+
+
+def _measure_roofline(mx: Any, gpu: bool) -> Roofline:
+    # Large enough to stream from memory, not cache (an H200's L2 is 50 MB), small enough to be
+    # quick and to fit beside a test's own arrays.
+    mib = 512 if gpu else 64
+    elements = mib * 2**20 // 4
+    patches = instrument.installed()
+    real_compile = patches.compile if patches is not None else mx.compile
+    copy = real_compile(lambda a: a + 1)
+    method = ROOFLINE_METHOD.format(mib=mib)
+    try:
+        x = mx.zeros((elements,), dtype=mx.float32)
+        mx.eval(x)
+        for _ in range(2):
+            mx.eval(copy(x))
+        mx.synchronize()
+        start = time.perf_counter()
+        mx.eval(copy(x))
+        mx.synchronize()
+        per_call = time.perf_counter() - start
+        n = max(1, math.ceil(_OVERHEAD_FACTOR * round_overhead() / max(per_call, 1e-9)))
+        samples = []
+        for _ in range(7):
+            start = time.perf_counter()
+            for _ in range(n):
+                mx.eval(copy(x))
+            mx.synchronize()
+            samples.append((time.perf_counter() - start) / n)
+        del x
+        return Roofline(2 * elements * 4 / statistics.median(samples), method)
+    except Exception as exc:  # no memory for it: the column says "-", the report says why
+        return Roofline(None, f"{method}: failed: {type(exc).__name__}: {exc}")
+    finally:
+        mx.clear_cache()
 
 
 class _Mode:
@@ -343,6 +514,7 @@ class _Mode:
         self.timing = ModeTiming()
         self.samples: list[float] = []
         self.iterations = 1
+        self.labels: list[str] = []
         self.call: Callable[[], Any] = self._fresh()
 
     def _fresh(self) -> Callable[[], Any]:
@@ -407,13 +579,36 @@ def _prepare(mode: _Mode, budget: Budget, snapshot: list[object]) -> Any:
     saved = [capture(root) for root in mode.target.state_roots()]
     with instrument.detached(mode.mode):
         lazy = mode.call()
-    mode.timing.nodes, mode.timing.kernels = count_nodes(_arrays(lazy))
+    mode.labels = graph_labels(_arrays(lazy))
+    mode.timing.nodes = len(mode.labels)
+    mode.timing.kernels = sum(1 for label in mode.labels if label not in _VIEWS)
     del lazy
     for snap in saved:
         restore(snap)
     mode.timing.peak_memory, out = _peak_memory(mode)
-    mode.iterations = max(1, math.ceil(budget.min_round / max(per_call, 1e-9)))
+    _calibrate(mode, budget, per_call)
     return out
+
+
+def _calibrate(mode: _Mode, budget: Budget, per_call: float) -> None:
+    """Iterations per round, so that a round lasts ``target`` seconds (pytest-benchmark style).
+
+    The clock and ``mx.synchronize`` are paid once per round: a round 100x longer than they take
+    keeps them below 1% of the median. Each call is still evaluated on its own. The first guess
+    comes from a lone call (which pays that cost in full), then real rounds correct it.
+    """
+    target = max(budget.min_round, _OVERHEAD_FACTOR * round_overhead())
+    # a round must leave room for several rounds of every mode within the budget
+    target = min(target, budget.max_time / 30)
+    cap = budget.max_iterations
+    mode.iterations = min(max(1, math.ceil(target / max(per_call, 1e-9))), cap)
+    for _ in range(4):
+        took = _round(mode) * mode.iterations
+        if took >= target * 0.8 or mode.iterations >= cap:
+            break
+        mode.iterations = min(
+            max(mode.iterations + 1, math.ceil(mode.iterations * target / max(took, 1e-9))), cap
+        )
 
 
 def _peak_memory(mode: _Mode) -> tuple[int, Any]:
@@ -463,6 +658,8 @@ def measure(
                 continue
             result.bytes_in = _nbytes((args, kwargs))
             result.bytes_out = _nbytes(out)
+            if mode is Mode.EAGER:
+                result.bound = bound_of(timer.labels)
             ready.append(timer)
         _interleave(ready, budget, snapshot)
     finally:
@@ -472,6 +669,8 @@ def measure(
         if timer.samples:
             timer.timing.stats = Stats.from_samples(timer.samples, timer.iterations)
     _pair(ready)
+    if result.median(Mode.COMPILED):
+        result.roofline = roofline().bandwidth
     return result
 
 
@@ -594,9 +793,19 @@ class Benchmark:
         ``fn`` may be plain or returned by ``mx.compile`` (its declared state and shapeless flag
         are honoured). The result is also shown in the timings table and the JSON report.
         """
+        __tracebackhide__ = True  # the error is the caller's: point at their line
+        if not callable(fn):
+            raise TypeError(
+                f"mlx_benchmark: fn must be callable, got {type(fn).__name__} {_short(fn)}"
+            )
         chosen = parse_modes(list(map(str, modes)), source="mlx_benchmark(modes=...)")
         result = measure(
             fn, args, kwargs, chosen, self._budget, source="benchmark", contended=self._contended
         )
         self._sink.append(result)
         return result
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."

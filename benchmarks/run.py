@@ -1,0 +1,470 @@
+"""What pytest-mlxcompile costs, and how true its timings are: one command, one markdown table.
+
+    python benchmarks/run.py [--only P1,P2] [--repeats N] [--out DIR]
+
+Rows, each measured side by side in this one run (ratios, never absolute thresholds):
+
+P1  hot path: the per-call cost of an instrumented compiled call of a tiny lazy function,
+    paired in blocks with the same function under the real ``mx.compile`` in the same pytest
+    process: in a ``[compiled]`` test with parity and the sanitizer off (goal <= 1.25x), outside
+    member tests (goal <= 1.05x), and what each check adds per call.
+P2  timing fidelity: ``--mlx-timings`` against an independent reference loop in this process
+    (warm-up, ``mx.eval`` per call, median of 7 blocks of 50 calls, one ``mx.synchronize`` per
+    block), alternated; eager median, compiled median and speedup within 5%.
+P3  suite cost: ``examples/`` under ``--mlx-compile-matrix`` with every check on, against checks
+    off (``--mlx-parity=off --mlx-sanitize=off``), kernels warm (goal <= 1.5x).
+P4  scale: 5,000 trivial tests, half marked ``compiled``, plugin loaded against
+    ``-p no:mlxcompile`` (goal <= 1.05x).
+
+Figures are medians over ``--repeats`` alternated repetitions. A machine under load (the load
+average above its cores) is labelled "contended": read those ratios with that in mind.
+``--out DIR`` also writes ``benchmarks.md`` and ``benchmarks.json`` there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from collections.abc import Callable
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+
+Row = dict[str, str]
+
+
+# the environment --------------------------------------------------------------------------
+def plugin_installed() -> bool:
+    """Whether pytest loads the plugin by its entry point (else we pass ``-p`` ourselves)."""
+    return any(ep.name == "mlxcompile" for ep in metadata.entry_points(group="pytest11"))
+
+
+def plugin_args(on: bool) -> list[str]:
+    if plugin_installed():
+        return [] if on else ["-p", "no:mlxcompile"]
+    return ["-p", "pytest_mlxcompile.plugin"] if on else []
+
+
+def child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
+    env.pop("PYTEST_ADDOPTS", None)
+    env["NO_COLOR"] = "1"
+    return env
+
+
+def pytest(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> tuple[float, str]:
+    """Run pytest in a fresh process; (wall seconds, output). Raises when it fails."""
+    cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args]
+    start = time.perf_counter()
+    proc = subprocess.run(
+        cmd, cwd=cwd, env={**child_env(), **(env or {})}, capture_output=True, text=True
+    )
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise RuntimeError(
+            f"{' '.join(cmd)} (in {cwd}) failed:\n{proc.stdout[-3000:]}{proc.stderr}"
+        )
+    return wall, proc.stdout
+
+
+def load() -> tuple[float, int]:
+    return os.getloadavg()[0], os.cpu_count() or 1
+
+
+def contended_note() -> str:
+    avg, cores = load()
+    return f"contended (load {avg:.1f} on {cores} cores)" if avg > cores * 0.75 else ""
+
+
+def machine() -> dict[str, str]:
+    import mlx.core as mx
+
+    info: dict[str, Any] = {}
+    with contextlib.suppress(Exception):
+        info = dict(mx.device_info())
+    return {
+        "mlx": str(mx.__version__),
+        "device": f"{mx.default_device()} ({info.get('device_name') or os.uname().machine})",
+        "python": sys.version.split()[0],
+        "cores": str(os.cpu_count()),
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "command": "python "
+        + " ".join(
+            [
+                os.path.relpath(sys.argv[0], Path.cwd()) if sys.argv else "benchmarks/run.py",
+                *sys.argv[1:],
+            ]
+        ),
+    }
+
+
+def gpu() -> bool:
+    import mlx.core as mx
+
+    return bool(mx.default_device().type == mx.gpu)
+
+
+def verdict(value: float, goal: float, *, at_most: bool = True) -> str:
+    ok = value <= goal if at_most else value >= goal
+    return "pass" if ok else "MISS"
+
+
+# P1: hot path -----------------------------------------------------------------------------
+P1_TEST = textwrap.dedent(
+    """
+    import json, os, time
+    import mlx.core as mx
+    import pytest
+    from pytest_mlxcompile import instrument
+
+    def body(x):
+        return x * 2 + 1
+
+    tiny = mx.compile(body)                   # instrumented: the plugin patched mx.compile
+    plain = instrument.installed().compile(body)  # the real mx.compile, same function
+    x = mx.ones((4,))
+    mx.eval(plain(x), tiny(x))
+
+    def block(f, n=200):
+        start = time.perf_counter()
+        for _ in range(n):
+            f(x)
+        return (time.perf_counter() - start) / n
+
+    def paired(blocks):
+        # alternate short blocks: a change of load hits both; the 10th percentile of each is
+        # its cost without interruptions
+        a, b = [], []
+        for _ in range(blocks):
+            a.append(block(plain))
+            b.append(block(tiny))
+        a.sort(); b.sort()
+        k = len(a) // 10
+        return {"plain": a[k], "instrumented": b[k]}
+
+    def save(name, blocks):
+        tiny(x)  # the first call of a variant traces; the rest are cache hits
+        with open(os.environ["P1_OUT"], "a") as f:
+            f.write(json.dumps({name: paired(blocks)}) + "\\n")
+
+    @pytest.mark.compiled
+    def test_member():
+        save("member", int(os.environ["P1_BLOCKS"]))
+
+    def test_outside():
+        save("outside", int(os.environ["P1_BLOCKS"]))
+    """
+)
+
+
+def p1(repeats: int, quick: bool) -> list[Row]:
+    runs = {
+        "off": ["--mlx-parity=off", "--mlx-sanitize=off"],
+        "parity": ["--mlx-parity=all", "--mlx-sanitize=off"],
+        "sanitizer": ["--mlx-parity=off", "--mlx-sanitize=on"],
+    }
+    found: dict[str, list[dict[str, dict[str, float]]]] = {k: [] for k in runs}
+    with tempfile.TemporaryDirectory() as tmp:
+        Path(tmp, "test_p1.py").write_text(P1_TEST)
+        out = Path(tmp, "out.jsonl")
+        for _ in range(repeats):
+            for key, args in runs.items():
+                out.unlink(missing_ok=True)
+                blocks = "60" if quick or key != "off" else "300"
+                pytest(
+                    ["-q", *plugin_args(True), *args, "test_p1.py"],
+                    Path(tmp),
+                    {"P1_OUT": str(out), "P1_BLOCKS": blocks},
+                )
+                merged: dict[str, dict[str, float]] = {}
+                for line in out.read_text().splitlines():
+                    merged.update(json.loads(line))
+                found[key].append(merged)
+
+    def ratio(key: str, test: str) -> tuple[float, float, float]:
+        plain = statistics.median(r[test]["plain"] for r in found[key])
+        inst = statistics.median(r[test]["instrumented"] for r in found[key])
+        each = statistics.median(r[test]["instrumented"] / r[test]["plain"] for r in found[key])
+        return plain, inst, each
+
+    rows = []
+    plain, inst, value = ratio("off", "member")
+    rows.append(
+        {
+            "id": "P1a",
+            "what": "instrumented compiled call in a [compiled] test, parity + sanitizer off",
+            "measured": f"{value:.2f}x ({inst * 1e6:.2f} us vs {plain * 1e6:.2f} us plain)",
+            "goal": "<= 1.25x",
+            "verdict": verdict(value, 1.25),
+        }
+    )
+    plain, inst, value = ratio("off", "outside")
+    rows.append(
+        {
+            "id": "P1b",
+            "what": "instrumented compiled call outside member tests",
+            "measured": f"{value:.2f}x ({inst * 1e6:.2f} us vs {plain * 1e6:.2f} us plain)",
+            "goal": "<= 1.05x",
+            "verdict": verdict(value, 1.05),
+        }
+    )
+    for key, what in (
+        ("parity", "parity shadow (eager rerun + compare)"),
+        ("sanitizer", "sanitizer"),
+    ):
+        plain, inst, value = ratio(key, "member")
+        rows.append(
+            {
+                "id": "P1c" if key == "parity" else "P1d",
+                "what": f"cost of the {what} per call, same tiny function",
+                "measured": f"+{(inst - plain) * 1e6:.1f} us per call ({value:.1f}x)",
+                "goal": "report",
+                "verdict": "-",
+            }
+        )
+    return rows
+
+
+# P2: timing fidelity ----------------------------------------------------------------------
+P2_FUNCTIONS = textwrap.dedent(
+    """
+    import math
+    import mlx.core as mx
+
+    def gelu(x):
+        return x * (1 + mx.erf(x / math.sqrt(2))) / 2
+    """
+)
+P2_TEST = textwrap.dedent(
+    """
+    import os
+    import mlx.core as mx
+    import pytest
+    from p2_functions import gelu
+
+    fused = mx.compile(gelu)
+
+    @pytest.mark.parametrize("name", ["large", "small"])
+    @pytest.mark.compiled(timings=True, modes=["compiled"], parity="off")
+    def test_gelu(name):
+        shape = tuple(int(n) for n in os.environ["P2_" + name.upper()].split(","))
+        fused(mx.random.normal(shape, key=mx.random.key(0)))
+    """
+)
+
+
+def reference(fn: Callable[[Any], Any], x: Any, blocks: int = 7, calls: int = 50) -> float:
+    """The independent loop: warm-up, eval per call, median of blocks, a sync per block."""
+    import mlx.core as mx
+
+    for _ in range(5):
+        mx.eval(fn(x))
+    mx.synchronize()
+    samples = []
+    for _ in range(blocks):
+        start = time.perf_counter()
+        for _ in range(calls):
+            mx.eval(fn(x))
+        mx.synchronize()
+        samples.append((time.perf_counter() - start) / calls)
+    return statistics.median(samples)
+
+
+def p2(repeats: int, quick: bool) -> list[Row]:
+    import mlx.core as mx
+
+    namespace: dict[str, Any] = {}
+    exec(P2_FUNCTIONS, namespace)
+    gelu = namespace["gelu"]
+    # GPU: the size from issue 9; CPU: eager ~1-5 ms (erf dominates MLX's CPU GELU); small ~50 us
+    shapes = (
+        {"large": (32, 1000, 4096), "small": (1000, 4096)}
+        if gpu()
+        else {"large": (16, 1024), "small": (2, 128)}
+    )
+    env = {f"P2_{k.upper()}": ",".join(map(str, v)) for k, v in shapes.items()}
+    ref: dict[str, list[tuple[float, float]]] = {k: [] for k in shapes}
+    got: dict[str, list[tuple[float, float]]] = {k: [] for k in shapes}
+    with tempfile.TemporaryDirectory() as tmp:
+        Path(tmp, "p2_functions.py").write_text(P2_FUNCTIONS)
+        Path(tmp, "test_p2.py").write_text(P2_TEST)
+        report = Path(tmp, "report.json")
+        for _ in range(repeats):
+            for name, shape in shapes.items():
+                x = mx.random.normal(shape, key=mx.random.key(0))
+                mx.eval(x)
+                ref[name].append((reference(gelu, x), reference(mx.compile(gelu), x)))
+                del x
+            pytest(
+                ["-q", *plugin_args(True), "--mlx-timings", f"--mlx-report-json={report}"],
+                Path(tmp),
+                env,
+            )
+            for test in json.loads(report.read_text())["tests"]:
+                name = "large" if "large" in test["nodeid"] else "small"
+                modes = test["timings"][0]["modes"]
+                got[name].append(
+                    (modes["eager"]["stats"]["median"], modes["compiled"]["stats"]["median"])
+                )
+    rows = []
+    for name, shape in shapes.items():
+        pairs = list(zip(ref[name], got[name], strict=True))
+        e = statistics.median(g[0] / r[0] - 1 for r, g in pairs)
+        c = statistics.median(g[1] / r[1] - 1 for r, g in pairs)
+        s = statistics.median((g[0] / g[1]) / (r[0] / r[1]) - 1 for r, g in pairs)
+        r_e = statistics.median(r[0] for r, _ in pairs)
+        r_c = statistics.median(r[1] for r, _ in pairs)
+        g_e = statistics.median(g[0] for _, g in pairs)
+        g_c = statistics.median(g[1] for _, g in pairs)
+        worst = max(abs(e), abs(c), abs(s))
+        rows.append(
+            {
+                "id": "P2" + ("a" if name == "large" else "b"),
+                "what": f"--mlx-timings vs reference loop, GELU {shape} float32",
+                "measured": (
+                    f"eager {fmt(g_e)} vs {fmt(r_e)} ({e:+.1%}), compiled {fmt(g_c)} vs "
+                    f"{fmt(r_c)} ({c:+.1%}), speedup {g_e / g_c:.2f}x vs {r_e / r_c:.2f}x "
+                    f"({s:+.1%})"
+                ),
+                "goal": "each within 5%",
+                "verdict": "pass" if worst <= 0.05 else "MISS",
+            }
+        )
+    return rows
+
+
+def fmt(seconds: float) -> str:
+    if seconds >= 1e-3:
+        return f"{seconds * 1e3:.3g} ms"
+    return f"{seconds * 1e6:.3g} us"
+
+
+# P3: suite cost ---------------------------------------------------------------------------
+def p3(repeats: int, quick: bool) -> list[Row]:
+    examples = ROOT / "examples"
+    # test_pitfalls.py fails on purpose when the checks are on, and passes with them off
+    base = [
+        "-q",
+        *plugin_args(True),
+        "--mlx-compile-matrix",
+        f"--ignore={examples / 'test_pitfalls.py'}",
+        str(examples),
+    ]
+    sides = {"all checks": base, "checks off": [*base, "--mlx-parity=off", "--mlx-sanitize=off"]}
+    for args in sides.values():
+        pytest(args, ROOT)  # warm the kernel cache
+    walls: dict[str, list[float]] = {k: [] for k in sides}
+    for _ in range(repeats):
+        for key, args in sides.items():
+            walls[key].append(pytest(args, ROOT)[0])
+    on, off = (statistics.median(walls[k]) for k in sides)
+    value = statistics.median(
+        a / b for a, b in zip(walls["all checks"], walls["checks off"], strict=False)
+    )
+    return [
+        {
+            "id": "P3",
+            "what": "examples/ under --mlx-compile-matrix, all checks vs checks off (warm)",
+            "measured": f"{value:.2f}x ({on:.1f} s vs {off:.1f} s)",
+            "goal": "<= 1.5x",
+            "verdict": verdict(value, 1.5),
+        }
+    ]
+
+
+# P4: scale --------------------------------------------------------------------------------
+def p4(repeats: int, quick: bool) -> list[Row]:
+    count = 1000 if quick else 5000
+    per_file = 100
+    walls: dict[str, list[float]] = {"on": [], "off": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        # the marker is registered for the plugin-off side, where nothing else declares it
+        Path(tmp, "pytest.ini").write_text("[pytest]\nmarkers =\n    compiled: mlx\n")
+        for f in range(count // per_file):
+            lines = ["import mlx.core as mx", "import pytest", ""]
+            for i in range(per_file):
+                if i % 2 == 0:
+                    lines.append("@pytest.mark.compiled")
+                lines += [f"def test_{i}():", "    pass", ""]
+            Path(tmp, f"test_s{f:03d}.py").write_text("\n".join(lines))
+        sides = {"on": plugin_args(True), "off": plugin_args(False)}
+        for args in sides.values():
+            pytest(["-q", *args], Path(tmp))
+        for _ in range(repeats):
+            for key, args in sides.items():
+                walls[key].append(pytest(["-q", *args], Path(tmp))[0])
+    value = statistics.median(a / b for a, b in zip(walls["on"], walls["off"], strict=True))
+    on, off = statistics.median(walls["on"]), statistics.median(walls["off"])
+    return [
+        {
+            "id": "P4",
+            "what": f"{count} trivial tests, half marked: plugin loaded vs -p no:mlxcompile",
+            "measured": f"{value:.3f}x ({on:.1f} s vs {off:.1f} s)",
+            "goal": "<= 1.05x",
+            "verdict": verdict(value, 1.05),
+        }
+    ]
+
+
+# the table --------------------------------------------------------------------------------
+PARTS: dict[str, Callable[[int, bool], list[Row]]] = {"P1": p1, "P2": p2, "P3": p3, "P4": p4}
+
+
+def table(rows: list[Row]) -> list[str]:
+    lines = ["| id | what | measured | goal | verdict |", "|---|---|---|---|---|"]
+    lines += [
+        f"| {r['id']} | {r['what']} | {r['measured']} | {r['goal']} | {r['verdict']} |"
+        for r in rows
+    ]
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", default="P1,P2,P3,P4", help="comma-separated parts")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="fewer blocks and tests (smoke)")
+    parser.add_argument("--out", type=Path, help="also write benchmarks.md/.json here")
+    args = parser.parse_args(argv)
+    info = machine()
+    rows: list[Row] = []
+    for part in args.only.split(","):
+        before = contended_note()
+        part_rows = PARTS[part.strip().upper()](args.repeats, args.quick)
+        note = contended_note() or before
+        for row in part_rows:
+            if note:
+                row["measured"] += f"; {note}"
+        rows += part_rows
+        print("\n".join(table(part_rows)[2:]), file=sys.stderr, flush=True)
+    head = [
+        f"device: {info['device']}; mlx {info['mlx']}; python {info['python']}; "
+        f"{info['cores']} cores; {info['date']}",
+        f"command: `{info['command']}`",
+        "",
+    ]
+    text = "\n".join([*head, *table(rows)])
+    print(text)
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "benchmarks.md").write_text(text + "\n")
+        (args.out / "benchmarks.json").write_text(
+            json.dumps({"machine": info, "rows": rows}, indent=1)
+        )
+    return 0 if all(r["verdict"] != "MISS" for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
