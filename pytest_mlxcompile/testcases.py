@@ -49,12 +49,19 @@ class MatrixTestCase(UnitTestCase):
     settings: Settings
 
     def collect(self) -> Iterable[pytest.Item | pytest.Collector]:
+        expanded = []
         for node in super().collect():
             # another plugin's item type (a subclass) is left as it is
             if type(node) is TestCaseFunction:
-                yield from _expand(node, self.settings)
+                items = list(_expand(node, self.settings))
+                if items != [node]:
+                    expanded.append(node.name)
+                yield from items
             else:
                 yield node
+        # more than the plugin's own (trylast) answer: a conftest or plugin implements the hook
+        if expanded and len(self.ihook.pytest_mlxcompile_modes.get_hookimpls()) > 1:
+            self.warn(pytest.PytestWarning(_hook_not_asked(self.name, expanded)))
 
 
 def swap_collector(result: object, settings: Settings) -> object:
@@ -103,6 +110,15 @@ def _variant(item: TestCaseFunction, id: str) -> TestCaseVariant:
     variant = TestCaseVariant.from_parent(parent, name=f"{item.name}[{id}]", callobj=method)
     variant.originalname = item.name
     return variant
+
+
+def _hook_not_asked(cls: str, methods: list[str]) -> str:
+    return (
+        f"pytest-mlxcompile: the pytest_mlxcompile_modes hook is not asked about the "
+        f"unittest.TestCase methods of {cls} ({', '.join(methods)}): it takes a Metafunc, and "
+        "pytest makes none for TestCase methods; they run in every mode of --mlx-modes their "
+        "marker allows. Narrow them with @pytest.mark.compiled(modes=[...]) or --mlx-modes."
+    )
 
 
 def _no_modes(marker: CompiledMarker | None, settings: Settings) -> str:

@@ -335,3 +335,22 @@ def test_the_json_report_records_each_testcase_variant_with_its_mode(pytester, r
         "test_double[compiled]": "compiled",
         "test_double[shapeless]": "shapeless",
     }
+
+
+def test_a_modes_hook_is_not_silently_ignored_for_testcase_methods(pytester, run):
+    pytester.makeconftest(
+        """
+        def pytest_mlxcompile_modes(metafunc, modes):
+            return [m for m in modes if m != "shapeless"]
+        """
+    )
+    pytester.makepyfile(SCALE_CASE)
+    result = run("--mlx-compile-matrix", "--mlx-matrix-scope=all")
+    result.assert_outcomes(passed=3, warnings=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*PytestWarning: pytest-mlxcompile: the pytest_mlxcompile_modes hook is not asked"
+            " about the unittest.TestCase methods of TestDouble (test_double): it takes a"
+            " Metafunc, and pytest makes none for TestCase methods; *",
+        ]
+    )
