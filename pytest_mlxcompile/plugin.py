@@ -24,6 +24,7 @@ from pytest_mlxcompile import (
     sanitize,
     settings,
     shapeless_probe,
+    testcases,
     timing,
     variants,
 )
@@ -233,6 +234,15 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     variants.parametrize(metafunc, metafunc.config.stash[settings_key], _choose_modes)
 
 
+# wrapper: pytest cannot parametrize a unittest.TestCase; swap the collector its unittest plugin
+# makes for one that gives each member method one item per mode (testcases.py).
+@pytest.hookimpl(wrapper=True)
+def pytest_pycollect_makeitem(
+    collector: pytest.Module | pytest.Class, name: str, obj: object
+) -> Generator[None, object, object]:
+    return testcases.swap_collector((yield), collector.config.stash[settings_key])
+
+
 def _choose_modes(
     metafunc: pytest.Metafunc, modes: tuple[Mode, ...]
 ) -> tuple[tuple[Mode, ...], str]:
@@ -333,14 +343,13 @@ def _recompile_observer(item: pytest.Item, plan: variants.VariantPlan) -> instru
 
 def _timing_observers(item: pytest.Item, plan: variants.VariantPlan) -> list[instrument.Observer]:
     chosen = item.config.stash[settings_key]
-    callspec = getattr(item, "callspec", None)
     modes = timing.auto_modes(
         plan.mode,
         plan.marker.timings,
         plan.marker.modes,
         chosen.modes,
         timings_on=chosen.timings,
-        in_matrix=callspec is not None and variants.MODE_PARAM in callspec.params,
+        in_matrix=variants.matrix_mode(item) is not None,
     )
     if modes is None:
         return []
