@@ -215,32 +215,28 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     return lines
 
 
-@pytest.hookimpl(wrapper=True)
-def pytest_pycollect_makeitem(collector: pytest.Collector, name: str, obj: object) -> Any:
-    """A parametrize case's own ``compiled`` marker: validated here (one collection error
-    naming the case), and its ``modes=`` honoured by deselecting the variants it excludes."""
-    result = yield
-    if not isinstance(result, list) or not result:
-        return result
-    kept, dropped = variants.check_cases(result)
-    if dropped:
-        collector.config.hook.pytest_deselected(items=dropped)
-    return kept
-
-
 # trylast: after @pytest.mark.parametrize, so the mode comes last in ids: test_x[1-compiled].
 @pytest.hookimpl(trylast=True)
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     variants.parametrize(metafunc, metafunc.config.stash[settings_key], _choose_modes)
 
 
-# wrapper: pytest cannot parametrize a unittest.TestCase; swap the collector its unittest plugin
-# makes for one that gives each member method one item per mode (testcases.py).
+# wrapper: what the collectors made, adjusted. pytest cannot parametrize a unittest.TestCase:
+# swap the collector its unittest plugin makes for one that gives each member method one item
+# per mode (testcases.py). A parametrize case's own ``compiled`` marker is validated here (one
+# collection error naming the case), and its ``modes=`` honoured by deselecting the variants it
+# excludes.
 @pytest.hookimpl(wrapper=True)
 def pytest_pycollect_makeitem(
     collector: pytest.Module | pytest.Class, name: str, obj: object
 ) -> Generator[None, object, object]:
-    return testcases.swap_collector((yield), collector.config.stash[settings_key])
+    result = testcases.swap_collector((yield), collector.config.stash[settings_key])
+    if not isinstance(result, list) or not result:
+        return result
+    kept, dropped = variants.check_cases(result)
+    if dropped:
+        collector.config.hook.pytest_deselected(items=dropped)
+    return kept
 
 
 def _choose_modes(
