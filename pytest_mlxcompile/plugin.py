@@ -24,6 +24,7 @@ from pytest_mlxcompile import (
     sanitize,
     settings,
     shapeless_probe,
+    testcases,
     timing,
     variants,
 )
@@ -214,23 +215,28 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     return lines
 
 
+# trylast: after @pytest.mark.parametrize, so the mode comes last in ids: test_x[1-compiled].
+@pytest.hookimpl(trylast=True)
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    variants.parametrize(metafunc, metafunc.config.stash[settings_key], _choose_modes)
+
+
+# wrapper: what the collectors made, adjusted. pytest cannot parametrize a unittest.TestCase:
+# swap the collector its unittest plugin makes for one that gives each member method one item
+# per mode (testcases.py). A parametrize case's own ``compiled`` marker is validated here (one
+# collection error naming the case), and its ``modes=`` honoured by deselecting the variants it
+# excludes.
 @pytest.hookimpl(wrapper=True)
-def pytest_pycollect_makeitem(collector: pytest.Collector, name: str, obj: object) -> Any:
-    """A parametrize case's own ``compiled`` marker: validated here (one collection error
-    naming the case), and its ``modes=`` honoured by deselecting the variants it excludes."""
-    result = yield
+def pytest_pycollect_makeitem(
+    collector: pytest.Module | pytest.Class, name: str, obj: object
+) -> Generator[None, object, object]:
+    result = testcases.swap_collector((yield), collector.config.stash[settings_key])
     if not isinstance(result, list) or not result:
         return result
     kept, dropped = variants.check_cases(result)
     if dropped:
         collector.config.hook.pytest_deselected(items=dropped)
     return kept
-
-
-# trylast: after @pytest.mark.parametrize, so the mode comes last in ids: test_x[1-compiled].
-@pytest.hookimpl(trylast=True)
-def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    variants.parametrize(metafunc, metafunc.config.stash[settings_key], _choose_modes)
 
 
 def _choose_modes(
@@ -333,14 +339,13 @@ def _recompile_observer(item: pytest.Item, plan: variants.VariantPlan) -> instru
 
 def _timing_observers(item: pytest.Item, plan: variants.VariantPlan) -> list[instrument.Observer]:
     chosen = item.config.stash[settings_key]
-    callspec = getattr(item, "callspec", None)
     modes = timing.auto_modes(
         plan.mode,
         plan.marker.timings,
         plan.marker.modes,
         chosen.modes,
         timings_on=chosen.timings,
-        in_matrix=callspec is not None and variants.MODE_PARAM in callspec.params,
+        in_matrix=variants.matrix_mode(item) is not None,
     )
     if modes is None:
         return []

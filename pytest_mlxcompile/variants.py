@@ -12,10 +12,22 @@ from pytest_mlxcompile.modes import Mode
 from pytest_mlxcompile.parity import Tolerance
 from pytest_mlxcompile.settings import Settings
 
-__all__ = ["MODE_PARAM", "VariantPlan", "check_cases", "parametrize", "plan"]
+__all__ = [
+    "MODE_KEY",
+    "MODE_PARAM",
+    "VariantPlan",
+    "check_cases",
+    "is_member",
+    "matrix_mode",
+    "parametrize",
+    "plan",
+]
 
 #: The parameter name the matrix uses; also the name of the ``mlx_mode`` fixture it overrides.
 MODE_PARAM = "mlx_mode"
+#: The mode of a matrix variant made without parametrizing: a unittest.TestCase method
+#: (testcases.py), which pytest cannot parametrize.
+MODE_KEY = pytest.StashKey[Mode]()
 _FIXTURES = frozenset({"mlx_compile", "mlx_recompiles", MODE_PARAM})
 
 
@@ -29,6 +41,17 @@ class VariantPlan:
 
 def _is_member(marker: CompiledMarker | None, fixturenames: list[str], settings: Settings) -> bool:
     return marker is not None or settings.scope == "all" or not _FIXTURES.isdisjoint(fixturenames)
+
+
+#: Whether the matrix covers a test with this marker and these fixtures (also for testcases.py).
+is_member = _is_member
+
+
+def matrix_mode(item: pytest.Item) -> Mode | None:
+    """The mode the matrix gave this item: its ``mlx_mode`` parameter, or a TestCase variant's."""
+    callspec = getattr(item, "callspec", None)
+    mode = callspec.params.get(MODE_PARAM) if callspec is not None else None
+    return mode if isinstance(mode, Mode) else item.stash.get(MODE_KEY, None)
 
 
 def _marker(
@@ -132,9 +155,8 @@ def plan(item: pytest.Item, settings: Settings) -> VariantPlan | None:
     if not isinstance(item, pytest.Function):
         return None
     marker = _marker(item, item.nodeid)  # validated at collection already
-    callspec = getattr(item, "callspec", None)
-    mode = callspec.params.get(MODE_PARAM) if callspec is not None else None
-    if not isinstance(mode, Mode):
+    mode = matrix_mode(item)
+    if mode is None:
         if not _is_member(marker, item.fixturenames, settings):
             return None
         allowed = marker.modes if marker is not None and marker.modes else None
