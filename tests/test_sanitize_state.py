@@ -604,3 +604,60 @@ def test_a_trace_that_raises_after_storing_a_traced_value_in_a_closure_names_the
             "E *fix: * the holder keeps the placeholder",
         ]
     )
+
+
+CRASH_PROGRAMS = """
+import mlx.core as mx
+import pytest
+
+B = mx.array(3.0)
+
+
+def loss(w):
+    return (w * B).sum()
+
+
+@mx.compile
+def causal_mask(n):
+    return mx.triu(mx.full((n, n), -1e9), k=1)
+
+
+@pytest.mark.compiled
+def test_no_array_inputs():
+    assert causal_mask(4).shape == (4, 4)
+
+
+@pytest.mark.compiled
+def test_compiled_value_and_grad_of_a_global_reader():
+    step = mx.compile(mx.value_and_grad(loss))
+    value, grad = step(mx.ones((2,)))
+    assert grad.tolist() == [3.0, 3.0]
+"""
+
+
+def _outcomes(report: dict[str, object]) -> dict[str, str]:
+    return {test["nodeid"]: test["outcome"] for test in report["tests"]}  # type: ignore[index]
+
+
+def test_the_examples_and_the_crash_programs_end_the_same_in_file_order_and_reversed(pytester, run):
+    """Issue 11: no verdict depends on which test ran before (a trace's traceback, a leaked key)."""
+    from pathlib import Path
+
+    examples = Path(__file__).resolve().parent.parent / "examples"
+    for path in examples.iterdir():
+        if path.suffix in (".py", ".ini"):
+            (pytester.path / path.name).write_text(path.read_text())
+    pytester.makepyfile(test_crash_programs=CRASH_PROGRAMS, test_recursion=RECURSION)
+    args = ("--mlx-compile-matrix", "-rf")
+    first = run(*args, "--mlx-report-json=first.json")
+    conftest = pytester.path / "conftest.py"
+    conftest.write_text(conftest.read_text() + "\n" + REVERSE)
+    second = run(*args, "--mlx-report-json=second.json")
+    assert first.ret == second.ret == pytest.ExitCode.TESTS_FAILED  # test_1_fails_inside_trace
+    assert first.parseoutcomes() == second.parseoutcomes()
+    in_order = _outcomes(json.loads((pytester.path / "first.json").read_text()))
+    reversed_ = _outcomes(json.loads((pytester.path / "second.json").read_text()))
+    assert in_order == reversed_
+    assert in_order["test_crash_programs.py::test_no_array_inputs[compiled]"] == "passed"
+    second.stdout.fnmatch_lines(["FAILED test_recursion.py::test_1_fails_inside_trace[[]*"])
+    second.stdout.no_fnmatch_line("*PlaceholderLeakError*")
