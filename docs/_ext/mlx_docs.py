@@ -29,6 +29,11 @@ def literal(text: str) -> str:
     return f"``{text}``" if text and "``" not in text else text or "\\-"
 
 
+def escape(text: str) -> str:
+    """Help text as RST prose: ``*`` and ``|`` (``'<nodeid>|<mode>'``) are not markup there."""
+    return re.sub(r"([*|])", r"\\\1", text)
+
+
 def default_text(value: Any, is_flag: bool) -> str:
     if is_flag or isinstance(value, bool):
         return "on" if value else "off"
@@ -89,7 +94,7 @@ class OptionsDirective(GeneratedDirective):
             flag = option.flag if option.is_flag else f"{option.flag}={option.metavar or 'VALUE'}"
             yield f".. describe:: {flag}"
             yield ""
-            yield f"   {one_line(option.help).replace('*', chr(92) + '*')}"
+            yield f"   {escape(one_line(option.help))}"
             yield ""
             kind = types.get(option.ini, "string")
             default = literal(default_text(option.default, option.is_flag))
