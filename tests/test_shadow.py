@@ -170,6 +170,35 @@ def test_python_state_the_shadow_changes_is_put_back(pytester, run):
     run("-p", "no:mlxcompile").assert_outcomes(passed=1)
 
 
+def test_a_python_number_in_a_list_the_shadow_bumps_is_put_back(pytester, run):
+    # MLX's own test_compile.py counts traces with ``counter = [0]`` in a closure: the shadow's
+    # eager run bumped the list item too, and the test saw 4 where plain MLX gives 2.
+    pytester.makepyfile(
+        """
+        import mlx.core as mx
+        import pytest
+
+        @pytest.mark.compiled
+        def test_count_traces():
+            counter = [0]
+            tally = {"n": 0}
+
+            @mx.compile
+            def add(x, y):
+                counter[0] += 1
+                tally["n"] += 1
+                return x + y
+
+            add(mx.array(1), 1)
+            add(1, mx.array(1))
+            add(1, mx.array(1))
+            assert (counter[0], tally["n"]) == (2, 2)
+        """
+    )
+    run().assert_outcomes(passed=1)
+    run("-p", "no:mlxcompile").assert_outcomes(passed=1)
+
+
 def test_a_placeholder_in_declared_state_is_a_placeholder_leak_not_a_raw_mlx_error(pytester, run):
     pytester.makepyfile(
         """
