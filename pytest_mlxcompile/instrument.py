@@ -936,8 +936,8 @@ class VariantRun:
                 f"{want.path}: {want.said} ({fn.name} is defined at {fn.where})"
             )
             record.parity_skipped += 1
-            _note(record, self.mode, "check_not_evaluable", message)
-            _warn(message)
+            if _note(record, self.mode, "check_not_evaluable", message):
+                _warn(message)  # once per function and test, as the note: not once per call
             return True
         if got is not None:
             raise ParityError(
@@ -1010,11 +1010,13 @@ def _finished_body(*args: Any, **kwargs: Any) -> Any:
     raise RuntimeError("pytest-mlxcompile: a compiled function was called after its test ended")
 
 
-def _note(record: FunctionRecord, mode: Mode, kind: str, message: str) -> None:
-    """A check skipped or softened, recorded for the reports (once per kind and function)."""
+def _note(record: FunctionRecord, mode: Mode, kind: str, message: str) -> bool:
+    """A check skipped or softened, recorded for the reports (once per kind and function).
+
+    Returns whether the note is new (False: this function already has one of this kind)."""
     notes = record.extra.setdefault("notes", [])
     if any(note.get("kind") == kind for note in notes):
-        return
+        return False
     fn = record.fn
     notes.append(
         {
@@ -1025,6 +1027,7 @@ def _note(record: FunctionRecord, mode: Mode, kind: str, message: str) -> None:
             "message": message,
         }
     )
+    return True
 
 
 def _warn(message: str) -> None:

@@ -16,9 +16,10 @@ replaces the array inside it):
   arguments: :func:`pytest_mlxcompile.holders.reachable`): swapped for copies during the shadow,
   and every slot the shadow rebound is put back.
 
-So the test's world after the call is exactly what the compiled call left. Python side effects
-other than those (printing, appending to a list the function reaches, files) happen in the shadow
-as they would eagerly: docs/how-it-works.md says so.
+So the test's world after the call is exactly what the compiled call left (Python numbers in
+named slots and in the lists and dicts the function reaches included). Python side effects other
+than those (printing, appending to a list the function reaches, files) happen in the shadow as they
+would eagerly: docs/how-it-works.md says so.
 
 While the shadow runs, the in-place methods of ``mx.array`` record which arrays they write
 (:class:`~pytest_mlxcompile.state.InPlaceSpy`): an argument the eager run updated in place and did
@@ -154,13 +155,15 @@ def reachable_slots(record: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) 
     except Exception:
         found = []  # a holder we cannot walk: the shadow then shares it, as before
     # Kept without the value found: the slots are read again on every shadow, and a value kept
-    # here would hold an array the test has since replaced.
+    # here would hold an array the test has since replaced. Python scalars count where the code
+    # names them, and as items of a list or dict it reaches (``counter[0] += 1``,
+    # ``stats["calls"] += 1``): the shadow's bump is put back like any other slot.
     slots = [
         dataclasses.replace(s, value=None)
         for s in found
         if not isinstance(s.holder, tuple)
         and s.holder is not None
-        and (isinstance(s.value, mx.array) or s.named)
+        and (isinstance(s.value, mx.array) or s.named or isinstance(s.holder, (list, dict)))
     ]
     record.extra[_SLOTS] = slots
     return slots

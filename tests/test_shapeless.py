@@ -232,6 +232,44 @@ def test_a_shapeless_graph_that_raises_at_the_tests_second_shape_is_a_shapeless_
     )
 
 
+def test_a_declared_shapeless_graph_that_rejects_new_sizes_still_raises_the_valueerror_a_test_expects(
+    pytester, run
+):
+    # MLX's test_shapeless_compile_with_reshape expects this ValueError; the diagnosis used to
+    # replace it with a plain ShapelessError, which assertRaises(ValueError) did not catch.
+    pytester.makepyfile(
+        """
+        from functools import partial
+        import mlx.core as mx
+        import pytest
+
+        @partial(mx.compile, shapeless=True)
+        def f(x):
+            return x.reshape(x.shape[0] * x.shape[1])
+
+        @pytest.mark.compiled
+        def test_expects_it():
+            f(mx.ones((2, 4)))
+            with pytest.raises(ValueError, match="Cannot reshape"):
+                f(mx.ones((3, 6)))
+
+        @pytest.mark.compiled
+        def test_does_not():
+            f(mx.ones((2, 4)))
+            f(mx.ones((3, 6)))
+        """
+    )
+    result = run()
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "E *pytest_mlxcompile.errors.ShapelessError: f [[]compiled[]] call 2: the shapeless"
+            " graph fails at new input sizes (x (2, 4) -> (3, 6)): *",
+            "FAILED *::test_does_not*",
+        ]
+    )
+
+
 def test_an_undeclared_function_wrong_at_the_tests_own_second_shape_still_fails(pytester, run):
     pytester.makepyfile(
         """
