@@ -622,6 +622,12 @@ class VariantRun:
             if any(_overrides(o, hook) for hook in ("before_call", "call_returned", "after_call"))
         )
 
+    @property
+    def built_observers(self) -> tuple[Observer, ...]:
+        """The observers if built, else none: for end-of-test work that has nothing to do when
+        no instrumented call was made (building them then would be wasted)."""
+        return self._observers
+
     # lifecycle -------------------------------------------------------------------------------
     def start(self) -> None:
         """Make this the active variant; compiled modes first check that compile is really on."""
