@@ -578,7 +578,7 @@ class VariantRun:
         label: str,
         parity: str = "all",
         tolerance: Tolerance | None = None,
-        observers: Sequence[Observer] = (),
+        observers: Sequence[Observer] | Callable[[], Sequence[Observer]] = (),
         max_check_bytes: int = 0,
     ) -> None:
         self.mode = mode
@@ -587,22 +587,46 @@ class VariantRun:
         self.label = label
         self.parity = parity
         self.tolerance = tolerance or Tolerance()
-        self.observers: tuple[Observer, ...] = tuple(observers)
+        #: ``observers`` given as a callable is called on first use (the first instrumented
+        #: call, or a look at :attr:`observers`): a test that calls no compiled function never
+        #: builds them (benchmarks/run.py, P4)
+        self._make_observers: Callable[[], Sequence[Observer]] | None = None
+        self._observers: tuple[Observer, ...] = ()
+        self.observers = () if callable(observers) else tuple(observers)
+        self._make_observers = observers if callable(observers) else None
         #: one record per compile target, keyed the way MLX shares its cache: compiling the same
         #: callable again (a model compiled in every block's __init__) reuses the entry
         self.records: dict[tuple[int, int, int, bool], FunctionRecord] = {}
         self._record_of: dict[InstrumentedFunction, FunctionRecord] = {}
         self._thread = threading.get_ident()
+
+    @property
+    def observers(self) -> tuple[Observer, ...]:
+        if self._make_observers is not None:
+            make, self._make_observers = self._make_observers, None
+            self.observers = tuple(make())
+        return self._observers
+
+    @observers.setter
+    def observers(self, observers: tuple[Observer, ...]) -> None:
+        self._make_observers = None
+        self._observers = observers
         # Only hooks an observer overrides are called.
-        self._before = _overriding(self.observers, "before_call")
-        self._returned = _overriding(self.observers, "call_returned")
-        self._after = _overriding(self.observers, "after_call")
-        self._failed = _overriding(self.observers, "call_failed")
+        self._before = _overriding(observers, "before_call")
+        self._returned = _overriding(observers, "call_returned")
+        self._after = _overriding(observers, "after_call")
+        self._failed = _overriding(observers, "call_failed")
         self._hit_hooks = tuple(
             o
-            for o in self.observers
+            for o in observers
             if any(_overrides(o, hook) for hook in ("before_call", "call_returned", "after_call"))
         )
+
+    @property
+    def built_observers(self) -> tuple[Observer, ...]:
+        """The observers if built, else none: for end-of-test work that has nothing to do when
+        no instrumented call was made (building them then would be wasted)."""
+        return self._observers
 
     # lifecycle -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -624,7 +648,8 @@ class VariantRun:
         if _active is self:
             _set_active(None)
         try:
-            for observer in self.observers:
+            # observers never built saw nothing to finish
+            for observer in self._observers:
                 observer.finish(self)
         finally:
             self._release()
@@ -637,7 +662,7 @@ class VariantRun:
         cyclic GC runs, and N big tests hold N times the memory. After ``finish`` nothing needs
         them: the observers go, and so do the bodies (whose closures hold them).
         """
-        self.observers = ()
+        self.observers = ()  # also drops observers never built
         self._record_of.clear()
         for record in self.records.values():
             record.compiled = None
@@ -648,6 +673,7 @@ class VariantRun:
         key = (id(fn.fun), id(fn.inputs), id(fn.outputs), fn.shapeless)
         record = self.records.get(key)
         if record is None:
+            self.observers  # noqa: B018 - built before the first record: its hooks see every call
             record = self.records[key] = FunctionRecord(fn, self)
         return record
 

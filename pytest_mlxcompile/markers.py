@@ -50,6 +50,8 @@ class CompiledMarker:
 
     @classmethod
     def from_mark(cls, mark: pytest.Mark, test: str) -> CompiledMarker:
+        if not mark.args and not mark.kwargs:
+            return cls()  # a bare @pytest.mark.compiled: nothing to validate
         where = f"@pytest.mark.compiled on {test}"
         if mark.args:
             raise MarkerError(

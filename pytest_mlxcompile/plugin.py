@@ -20,7 +20,6 @@ from pytest_mlxcompile import (
     recompiles,
     record_hook,
     report,
-    report_html,
     sanitize,
     settings,
     shapeless_probe,
@@ -387,7 +386,8 @@ def _start(item: pytest.Item) -> None:
         label=item.nodeid,
         parity=plan.parity,
         tolerance=dataclasses.replace(plan.tolerance, hook=_tolerance_hook(item)),
-        observers=_observers(item, plan),
+        # built on the first instrumented call: most trivial tests never make one
+        observers=lambda: _observers(item, plan),
         max_check_bytes=item.config.stash[settings_key].max_check_bytes,
     )
     item.stash[run_key] = run
@@ -547,6 +547,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int | pytest.ExitC
     if chosen.report_json is not None:
         config.stash[saved_key] = report.save(chosen.report_json, doc)
     if chosen.report_html is not None:
+        # imported here: a run without --mlx-report-html never pays for loading it
+        from pytest_mlxcompile import report_html
+
         try:
             report_html.write_html(chosen.report_html, doc)
         except OSError as exc:
