@@ -215,6 +215,10 @@ def install(mx: Any) -> None:
 
 def uninstall() -> None:
     global _patches
+    if _active is not None:
+        # a variant that never reached its teardown (pytest.exit, Ctrl-C): compiled functions
+        # called after the session run as plain mx.compile again
+        _set_active(None)
     if _patches is None:
         return
     for name, original in _patches.originals.items():
@@ -765,8 +769,20 @@ class VariantRun:
         exc: Exception,
     ) -> None:
         __tracebackhide__ = True
+        # Every check hears of the failure (the probe removes its .shape spy, coverage leaves
+        # its trace context) even when an earlier one raises its diagnosis: the first one wins.
+        diagnosis: BaseException | None = None
         for call_failed in self._failed:
-            call_failed(record, args, kwargs, exc)
+            try:
+                call_failed(record, args, kwargs, exc)
+            except BaseException as raised:
+                if diagnosis is None:
+                    diagnosis = raised
+        if diagnosis is not None:
+            for note in getattr(exc, "__notes__", ()):
+                if diagnosis is not exc and hasattr(diagnosis, "add_note"):
+                    diagnosis.add_note(note)  # e.g. "this call also retraced over budget"
+            raise diagnosis
 
     def _traced(
         self, record: FunctionRecord, args: tuple[Any, ...], kwargs: dict[str, Any], out: object

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import json
+import os
 import textwrap
 import warnings
 from collections.abc import Callable, Generator
@@ -45,6 +47,7 @@ cov_context_key = pytest.StashKey[bool]()
 coverage_key = pytest.StashKey[Any]()
 machine_key = pytest.StashKey[dict[str, Any]]()
 saved_key = pytest.StashKey[str]()
+html_saved_key = pytest.StashKey[str]()
 
 
 def _patch_mlx(config: pytest.Config) -> None:
@@ -361,13 +364,15 @@ def pytest_runtest_setup(item: pytest.Item) -> Generator[None]:
     # teardown relies on it (pytest's logging plugin fails with a KeyError otherwise).
     error: BaseException | None = None
     try:
-        item.stash[globals_key] = GlobalState.capture()
         _start(item)
     except MarkerError as exc:  # a marker added after collection (item.add_marker)
         error = pytest.fail.Exception(str(exc), pytrace=False)
     except Exception as exc:
         error = exc
     result = yield
+    # After every fixture's setup: what a module or session fixture set (a default stream, a
+    # device) is the state this test starts from, and stays after it.
+    item.stash[globals_key] = GlobalState.capture()
     if error is not None:
         raise error
     return result
@@ -482,6 +487,12 @@ def _forget(item: pytest.Item, key: pytest.StashKey[Any]) -> None:
 @pytest.hookimpl(wrapper=True, trylast=True)
 def pytest_runtest_teardown(item: pytest.Item) -> Generator[None]:
     __tracebackhide__ = True  # end-of-test checks (shapeless probe) report without our frames
+    # Before the fixtures' finalizers (this wrapper is the innermost): undo what the test itself
+    # changed, so that fixtures tear down from the state they set up.
+    saved = item.stash.get(globals_key, None)
+    if saved is not None:
+        for note in saved.restore():
+            warnings.warn(pytest.PytestWarning(f"pytest-mlxcompile: {note}"), stacklevel=1)
     try:
         return (yield)
     finally:
@@ -490,10 +501,6 @@ def pytest_runtest_teardown(item: pytest.Item) -> Generator[None]:
             if run is not None:
                 run.stop()  # may raise: checks that run at the end (shapeless probe) report here
         finally:
-            saved = item.stash.get(globals_key, None) or GlobalState.capture()
-            if saved is not None:
-                for note in saved.restore():
-                    warnings.warn(pytest.PytestWarning(f"pytest-mlxcompile: {note}"), stacklevel=1)
             cov = item.stash.get(coverage_key, None)
             if cov is not None:
                 coverage_context.switch(cov, "")
@@ -517,14 +524,25 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     saved = config.stash.get(saved_key, None)
     if saved is not None:
         terminalreporter.write_line(saved, red="ERROR" in saved, yellow="incomplete" in saved)
-    html = config.stash[settings_key].report_html
+    html = config.stash.get(html_saved_key, None)
     if html is not None:
         terminalreporter.write_line(
             f"mlx report: {html} (HTML, {len(collector.records)} test variants)"
         )
 
 
+# tryfirst: before session fixtures are finalized, which must not run under a dead variant.
+@pytest.hookimpl(tryfirst=True)
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int | pytest.ExitCode) -> None:
+    # pytest.exit() or Ctrl-C inside a test skips its teardown: end its variant here.
+    active = instrument.active_run()
+    if active is not None:
+        with contextlib.suppress(Exception):
+            active.stop()
+    _write_reports(session, exitstatus)
+
+
+def _write_reports(session: pytest.Session, exitstatus: int | pytest.ExitCode) -> None:
     config = session.config
     chosen = config.stash.get(settings_key, None)
     if chosen is None or collector_key not in config.stash:
@@ -550,8 +568,13 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int | pytest.ExitC
         # imported here: a run without --mlx-report-html never pays for loading it
         from pytest_mlxcompile import report_html
 
+        # the JSON report's rule: an incomplete run never replaces a page already there
+        target = chosen.report_html
+        if not complete and os.path.exists(target):
+            target = report.partial_path(target)
         try:
-            report_html.write_html(chosen.report_html, doc)
+            report_html.write_html(target, doc)
+            config.stash[html_saved_key] = target
         except OSError as exc:
             # the run is over: say why there is no page and make the exit status say it too
             config.get_terminal_writer().line(

@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 
-from pytest_mlxcompile import _mlx, holders, instrument, locations
+from pytest_mlxcompile import _mlx, holders, instrument, locations, shadow
 from pytest_mlxcompile.errors import ShapelessError
 from pytest_mlxcompile.instrument import FunctionRecord, Observer, VariantRun
 from pytest_mlxcompile.modes import Mode
@@ -331,15 +331,22 @@ class ShapelessProbe(Observer):
         assert compiled is not None
         roots = record.fn.state_roots()
         before = [capture(tree) for _, tree in roots]
+        # Eager as in the parity shadow, on copies, and with what it bumps put back (a counter,
+        # an appended list): nothing the replay does may be visible to the test.
+        eager = shadow.Shadow(record.fn.fun, args, kwargs)
         try:
-            # Eager as in the parity shadow: nested compiled helpers run their Python too.
+            eager.prepare(shadow.reachable_slots(record, args, kwargs), before)
+            # nested compiled helpers run their Python too
             with instrument.detached(Mode.EAGER):
-                expected, refused = _run(record.fn.fun, args, kwargs)
+                expected, refused = _run(eager.run, (), {})
             if refused is not None:
                 return None  # eager rejects these shapes: they are not a valid probe
             eager_after = [capture(tree) for _, tree in roots]
+        finally:
+            eager.restore_world()
             for snap in before:
                 restore(snap)
+        try:
             traces = record.traces
             with instrument.detached(self.mode):
                 got, error = _run(compiled, args, kwargs)

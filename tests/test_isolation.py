@@ -92,3 +92,68 @@ def test_a_placeholder_left_in_the_random_state_is_repaired_with_a_warning(pytes
     result.stdout.fnmatch_lines(
         ["*PytestWarning: pytest-mlxcompile: the test left a placeholder in mx.random.state*"]
     )
+
+
+def test_what_a_module_fixture_sets_stays_for_every_test_that_uses_it(pytester, run):
+    pytester.makepyfile(
+        """
+        import mlx.core as mx
+        import pytest
+
+        @pytest.fixture(scope="module")
+        def own_stream():
+            stream = mx.new_stream(mx.cpu)
+            mx.set_default_stream(stream)
+            yield stream
+
+        def test_one(own_stream):
+            assert mx.default_stream(mx.cpu) == own_stream
+
+        @pytest.mark.compiled
+        def test_two(own_stream):
+            assert mx.default_stream(mx.cpu) == own_stream
+
+        def test_three(own_stream):
+            assert mx.default_stream(mx.cpu) == own_stream
+            mx.set_default_stream(mx.new_stream(mx.cpu))  # the test's own change is undone
+
+        def test_four(own_stream):
+            assert mx.default_stream(mx.cpu) == own_stream
+        """
+    )
+    result = run("-v", "--mlx-compile-matrix")
+    result.assert_outcomes(passed=6)
+    result.stdout.fnmatch_lines(["*::test_four PASSED*"])
+
+
+def test_a_variant_ended_by_pytest_exit_leaves_compiled_functions_plain_after_the_session(
+    pytester,
+):
+    pytester.makepyfile(
+        test_exit="""
+        import mlx.core as mx
+        import pytest
+
+        f = mx.compile(lambda x: x * 2)
+
+        @pytest.mark.compiled
+        def test_a():
+            f(mx.ones(3))
+            pytest.exit("stopping mid-variant")
+        """
+    )
+    pytester.makepyfile(
+        drive="""
+        import pytest
+        code = pytest.main(["-p", "mlxcompile", "-p", "no:cacheprovider", "-q", "test_exit.py"])
+        import test_exit
+        from pytest_mlxcompile import instrument
+        print("ACTIVE AFTER:", instrument.active_run())
+        print("PLAIN CALL:", test_exit.f(test_exit.mx.ones(3)).tolist())
+        """
+    )
+    result = pytester.runpython(pytester.path / "drive.py")
+    assert result.ret == 0, result.stderr.str()
+    result.stdout.fnmatch_lines(
+        ["*stopping mid-variant*", "ACTIVE AFTER: None", "PLAIN CALL: [[]2.0, 2.0, 2.0[]]"]
+    )

@@ -135,6 +135,17 @@ def test_a_run_stopped_by_exitfirst_is_incomplete_and_keeps_the_previous_report(
     assert len(json.loads((pytester.path / "r.json").read_text())["tests"]) == 5
 
 
+def test_a_run_stopped_by_exitfirst_keeps_the_previous_html_page_too(pytester, run):
+    first = "import pytest\n\n@pytest.mark.compiled\ndef test_a_fail():\n    assert False\n"
+    pytester.makepyfile(first + SUITE)
+    run("--mlx-report-html=r.html").assert_outcomes(passed=4, failed=1)
+    before = (pytester.path / "r.html").read_text()
+    result = run("-x", "--mlx-report-html=r.html")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["mlx report: r.partial.html (HTML, 1 test variants)"])
+    assert (pytester.path / "r.html").read_text() == before
+
+
 # xdist worker crashes --------------------------------------------------------------------------
 def test_a_crashed_xdist_worker_s_test_is_recorded_as_crashed_with_its_id(
     pytester, run, monkeypatch

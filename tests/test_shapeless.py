@@ -707,3 +707,29 @@ def test_the_ini_twin_sets_the_byte_budget_of_the_probe(pytester, run):
             " --mlx-max-check-bytes=1.0 KiB;*"
         ]
     )
+
+
+def test_the_probe_s_eager_replays_put_back_the_numbers_they_bump(pytester, run):
+    pytester.makepyfile(
+        """
+        import mlx.core as mx
+        import pytest
+
+        calls = [0]
+
+        @mx.compile
+        def step(x):
+            calls[0] += 1  # numbers it bumps are put back; appends stay (docs/how-it-works.md)
+            return x * 2
+
+        @pytest.mark.compiled
+        def test_step():
+            step(mx.ones(4))
+
+        def test_after():
+            assert calls == [1], calls
+        """
+    )
+    result = run("--mlx-compile-matrix", "--mlx-modes=shapeless", "--mlx-parity=off", "-v")
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(["*::test_after PASSED*"])

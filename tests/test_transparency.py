@@ -32,13 +32,14 @@ def test_nested_compiled_functions_are_checked_only_at_the_outermost_call(pytest
     )
     result = run("--mlx-compile-matrix", "-s")
     result.assert_outcomes(passed=3)
-    # eager: 3 calls each; compiled: the outer trace runs inner's body once, plus the
-    # eager shadows (which run the plain functions and are not counted as traces)
+    # eager: 3 calls each; compiled: the outer trace runs inner's body once; the eager shadows
+    # run the plain functions too, but put back the numbers they bump (nothing the shadow does
+    # is visible to the test)
     result.stdout.fnmatch_lines(
         [
             "*eager: outer body 3 inner body 3*",
-            "*compiled: outer body 4 inner body 4*",
-            "*shapeless: outer body 4 inner body 4*",
+            "*compiled: outer body 1 inner body 1*",
+            "*shapeless: outer body 1 inner body 1*",
         ]
     )
 
