@@ -138,6 +138,10 @@ def parameter_names(fun: Callable[..., Any]) -> tuple[tuple[str, ...], str | Non
         params = inspect.signature(fun).parameters.values()
     except (TypeError, ValueError):
         return (), None
+    generic = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+    if not inspect.isfunction(inspect.unwrap(fun)) and all(p.kind in generic for p in params):
+        # a builtin's stand-in signature, (*args, **kwargs) (nanobind on Python 3.13): no names
+        return (), None
     positional = tuple(
         p.name
         for p in params
