@@ -356,17 +356,12 @@ class Sanitizer(Observer):
         #: a diagnosis of what a trace that raised left behind, raised from call_failed
         self._aborted: MLXCompileError | None = None
         _mlx.known_tracers.clear()  # the previous test's traces are not this one's
-        self._failed = False
-        #: True between before_call and after_call: a call that never got to after_call
-        #: failed (parity or an exception), and the test with it
-        self._open = False
 
     # outside the trace ---------------------------------------------------------------------
     def before_call(
         self, record: FunctionRecord, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> None:
         self._armed = record
-        self._open = True
         self._changes = []
         captured = self._captured.get(record)
         if captured:
@@ -406,13 +401,11 @@ class Sanitizer(Observer):
         trace, self._trace, self._armed = self._trace, None, None
         if trace is None or trace.record is not record:
             if self._changes and not traced:
-                self._failed = True
                 raise diagnosis(
                     record, StaleCaptureError, "stale_capture", self._stale_message(record)
                 )
             return
         if trace.random_advanced:
-            self._failed = True
             raise diagnosis(
                 record,
                 UncapturedRandomStateError,
@@ -421,19 +414,8 @@ class Sanitizer(Observer):
             )
         findings = self._findings(trace)
         if findings:
-            self._failed = True
             raise self._diagnose(trace, findings)
         self._freeze(trace)
-
-    def after_call(
-        self,
-        record: FunctionRecord,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        out: object,
-        traced: bool,
-    ) -> None:
-        self._open = False
 
     def call_aborted(
         self, record: FunctionRecord, args: tuple[Any, ...], kwargs: dict[str, Any], exc: Exception
@@ -452,7 +434,6 @@ class Sanitizer(Observer):
     ) -> None:
         __tracebackhide__ = True
         trace, self._trace, self._armed = self._trace, None, None
-        self._failed = True
         aborted, self._aborted = self._aborted, None
         if aborted is None and trace is not None and trace.record is record:
             # no call_aborted (an older instrument): judge now, after declared state came back
