@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.abc
 import importlib.machinery
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from types import ModuleType
 from typing import Any
@@ -35,6 +36,10 @@ def is_loaded() -> bool:
 
 def core() -> Any:
     """``mlx.core``, imported on first use. Typed ``Any``: MLX's stubs are not mypy-strict clean."""
+    return sys.modules.get(MLX_CORE) or _import_core()
+
+
+def _import_core() -> Any:
     import mlx.core
 
     return mlx.core
@@ -108,18 +113,32 @@ def random_key_list() -> list[Any]:
     Since mlx 0.32, ``mx.random.state`` is a read-only sentinel; compile's tree code resolves it
     to the thread's key list. Iterating it iterates that list, and a list iterator's
     ``__reduce__`` hands back the list, which is how we snapshot and restore the key exactly.
+    MLX makes a thread's list once and keeps it until the thread ends (python/src/random.cpp,
+    a thread_local ``PyKeySequence``), so the main thread's is looked up once.
     """
-    state = core().random.state
-    if isinstance(state, list):
+    global _main_keys
+    main = threading.get_ident() == _MAIN_THREAD
+    if main and _main_keys is not None and sys.modules.get(MLX_CORE) is _main_keys[0]:
+        return _main_keys[1]
+    mx = core()
+    state = mx.random.state
+    if isinstance(state, list):  # before mlx 0.32: a module attribute code may replace
         return state
     reduced = iter(state).__reduce__()
-    target = reduced[1][0] if isinstance(reduced, tuple) and len(reduced) > 1 else None
-    if not isinstance(target, list):  # pragma: no cover - a future MLX layout
+    keys = reduced[1][0] if isinstance(reduced, tuple) and len(reduced) > 1 else None
+    if not isinstance(keys, list):  # pragma: no cover - a future MLX layout
         raise RuntimeError(
             "pytest-mlxcompile cannot reach the key list behind mx.random.state in this MLX "
-            f"version ({core().__version__}); please report it"
+            f"version ({mx.__version__}); please report it"
         )
-    return target
+    if main:
+        _main_keys = (mx, keys)
+    return keys
+
+
+_MAIN_THREAD = threading.main_thread().ident
+#: (mlx.core, its main thread's key list): the list belongs to that module object
+_main_keys: tuple[Any, list[Any]] | None = None
 
 
 #: MLX's errors for a custom kernel whose backend this build lacks (probe §11): the kernel can be

@@ -42,17 +42,21 @@ class CompileSwitch:
         self.touched = False
         self._baseline: bool | None = None
         self._kept: tuple[Callable[..., Any], Any, list[int]] | None = None
+        #: compile was found on, and nobody flipped the switch through ``mx`` since
+        self._verified = False
 
     # the patched mx.enable_compile / mx.disable_compile
     def enable(self) -> None:
         self.baseline_on()
         self._real_enable()
         self.switched_on, self.switched_at, self.touched = True, _caller_site(), True
+        self._verified = False
 
     def disable(self) -> None:
         self.baseline_on()
         self._real_disable()
         self.switched_on, self.switched_at, self.touched = False, _caller_site(), True
+        self._verified = False
 
     def probe(self) -> bool:
         """True when a fresh compiled function runs its body once for two calls."""
@@ -109,8 +113,37 @@ class CompileSwitch:
                 "mx.enable_compile() before compiled code runs, or limit that test to "
                 "@pytest.mark.compiled(modes=['eager'])"
             )
-        if self._still_on() or self.probe():
+        # Once found on, it stays on until the switch is flipped through mx (which clears
+        # _verified): a call into MLX per test variant costs ~50 us in a suite, where its
+        # caches are cold (benchmarks/run.py, P4). A flip that bypasses mx (a reference to
+        # the real function kept from before the plugin loaded, a default device that cannot
+        # compile) shows as a retrace, which asks off_since_verified.
+        if self._verified:
             return None
+        if self._still_on() or self.probe():
+            self._verified = True
+            return None
+        return self.why_off()
+
+    def off_since_verified(self) -> bool:
+        """Whether compile, found on before, is off now: the kept probe's body runs again.
+
+        Cheap (one cached call, no evaluation, safe inside a trace: its argument is no
+        tracer), for every retrace. False when nothing was verified.
+        """
+        kept = self._kept
+        if not self._verified or kept is None:
+            return False
+        compiled, x, runs = kept
+        before = runs[0]
+        compiled(x)
+        if runs[0] == before:
+            return False
+        self._kept, self._verified = None, False
+        return True
+
+    def why_off(self) -> str:
+        """What turned compile off, and the fix, found without a probe."""
         flag = os.environ.get("MLX_DISABLE_COMPILE")
         if flag is not None:
             return (
@@ -138,3 +171,4 @@ class CompileSwitch:
         else:
             self._real_enable()
         self.switched_on, self.touched = None, False
+        self._verified = False

@@ -122,9 +122,25 @@ def _set_active(run: VariantRun | None) -> None:
     global _active, _generation
     _active = run
     _generation += 1  # a record's fast path belongs to the run that was active when it was set
-    type.__setattr__(
-        InstrumentedFunction, "__call__", _ROUTED_CALL if run is not None else _PLAIN_CALL
-    )
+    if run is not None and not _routed_now:
+        _route(True)
+
+
+#: Whether ``InstrumentedFunction.__call__`` is the routed call (see _route).
+_routed_now = False
+
+
+def _route(routed: bool) -> None:
+    """Point ``InstrumentedFunction.__call__`` at the routed call or at the plain one.
+
+    Setting a class's ``__call__`` costs microseconds (CPython updates the type's slots and
+    caches), so it is done when a variant starts after plain calls, and by the first call made
+    after a variant ended (``_full_call``): not at the end of every variant, most of which never
+    call a compiled function (benchmarks/run.py, P4).
+    """
+    global _routed_now
+    _routed_now = routed
+    type.__setattr__(InstrumentedFunction, "__call__", _routed_call if routed else _PLAIN_CALL)
 
 
 class _NoFast:
@@ -135,45 +151,48 @@ class _NoFast:
 _NO_FAST = _NoFast()
 
 
-def _routed_call(fast: list[Any], ref: weakref.ref[InstrumentedFunction]) -> Callable[..., Any]:
-    """An instrumented function's call while a variant is active, one per function.
+def _routed_call(self: InstrumentedFunction, *args: Any, **kwargs: Any) -> Any:
+    """``InstrumentedFunction.__call__`` while a variant is (or was last) active.
 
     The fast path, a cache hit of a compiled variant that no check watches, runs here in one
-    frame and touches nothing but two counters; anything else, or a call that traced, goes
-    through :meth:`VariantRun.call` or :meth:`VariantRun._traced`. It holds its function weakly
-    (the function holds it), so dropping a compiled function frees it without a GC cycle.
-    """
+    frame and touches nothing but a counter; anything else, or a call that traced, goes through
+    :meth:`VariantRun.call` or :meth:`VariantRun._traced`. A plain ``def`` on the class: Python
+    calls it with ``self`` prepended, cheaper than a property handing back a closure.
 
-    def routed(*args: Any, **kwargs: Any) -> Any:
-        __tracebackhide__ = True
-        record = fast[0]
-        if record.fast_generation != _generation or record.thread != _get_ident():
-            return _full_call(ref(), args, kwargs)
-        record.calls += 1
-        try:
-            # without kwargs MLX's vectorcall skips converting an empty dict (5% of a tiny call)
-            out = record.compiled(*args, **kwargs) if kwargs else record.compiled(*args)
-        except Exception as exc:
+    The fast path does not ask which thread calls (a third of its cost): a cache hit from
+    another thread (a data loader) is counted in ``calls`` and is otherwise invisible; a trace
+    in another thread runs the body without observers (see ``FunctionRecord._make_body``),
+    and the hooks below run only in the test's thread.
+    """
+    __tracebackhide__ = True
+    record = self._fast[0]
+    if record.fast_generation != _generation:
+        return _full_call(self, args, kwargs)
+    record.calls += 1
+    try:
+        # without kwargs MLX's vectorcall skips converting an empty dict (5% of a tiny call)
+        out = record.compiled(*args, **kwargs) if kwargs else record.compiled(*args)
+    except Exception as exc:
+        if record.thread == _get_ident():
             record.run._call_failed(record, args, kwargs, exc)
-            raise
-        except BaseException as exc:
+        raise
+    except BaseException as exc:
+        if record.thread == _get_ident():
             for observer in record.run.observers:
                 observer.call_interrupted(record, exc)
-            raise
-        if _generation != record.fast_generation:  # the body ran: this call traced
-            record.run._traced(record, args, kwargs, out)
-        return out
-
-    return routed
+        raise
+    if _generation != record.fast_generation and record.thread == _get_ident():
+        record.run._traced(record, args, kwargs, out)  # the body ran: this call traced
+    return out
 
 
-def _full_call(
-    fn: InstrumentedFunction | None, args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> Any:
+def _full_call(fn: InstrumentedFunction, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     __tracebackhide__ = True
-    assert fn is not None, "pytest-mlxcompile: an instrumented function called after it was freed"
     run = _active
     if run is None:
+        # The variant ended and left the routed call in place (_set_active): the first call
+        # after it puts the plain one back, for this and every later call outside a variant.
+        _route(False)
         return fn._plain(*args, **kwargs)
     return run.call(fn, args, kwargs)
 
@@ -219,6 +238,8 @@ def uninstall() -> None:
         # a variant that never reached its teardown (pytest.exit, Ctrl-C): compiled functions
         # called after the session run as plain mx.compile again
         _set_active(None)
+    if _routed_now:
+        _route(False)
     if _patches is None:
         return
     for name, original in _patches.originals.items():
@@ -372,7 +393,6 @@ class InstrumentedFunction:
         #: [the FunctionRecord whose cache hits may take the fast path, or a stand-in that
         #: never matches]: read on every call, so no None test
         self._fast: list[Any] = [_NO_FAST]
-        self._routed = _routed_call(self._fast, weakref.ref(self))
         self.fun = fun
         self.inputs = inputs
         self.outputs = outputs
@@ -390,9 +410,9 @@ class InstrumentedFunction:
         self.__module__ = str(getattr(fun, "__module__", type(fun).__module__))
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        # Never runs: _set_active makes __call__ a property that hands back _plain (no variant
-        # active) or _routed (one is), so that Python calls them without a frame of ours.
-        return self._routed(*args, **kwargs)
+        # Never runs: _route makes __call__ a property that hands back _plain (no variant
+        # active) or _routed_call (one is).
+        return _routed_call(self, *args, **kwargs)
 
     def __repr__(self) -> str:
         return f"<mx.compile'd {self.name} at {self.where} (instrumented by pytest-mlxcompile)>"
@@ -538,10 +558,22 @@ class FunctionRecord:
 
         # Compiled modes: the body runs only while MLX traces, and marks that time as nested,
         # so the fast path of a cache hit need not (instrumented calls in it are inlined).
+        assert _patches is not None
+        switch, mode = _patches.switch, self.run.mode
+
         def observed_body(*args: Any, **kwargs: Any) -> Any:
             __tracebackhide__ = True  # an observer's error (RecompileError) points at the call
             global _generation
+            if _get_ident() != record.thread:
+                # another thread's call that traced on the fast path: its trace is not the
+                # test's, and observers belong to the test's thread
+                return fun(*args, **kwargs)
             record.traces += 1
+            if record.traces > 1 and switch.off_since_verified():
+                raise CompileDisabledError(
+                    f"{record.fn.name} [{mode}] call {record.calls}: mx.compile is switched off, "
+                    f"so this call runs eagerly: {switch.why_off()}"
+                )
             _generation += 1
             tls.depth += 1
             try:
@@ -595,9 +627,16 @@ class VariantRun:
         #: call, or a look at :attr:`observers`): a test that calls no compiled function never
         #: builds them (benchmarks/run.py, P4)
         self._make_observers: Callable[[], Sequence[Observer]] | None = None
-        self._observers: tuple[Observer, ...] = ()
-        self.observers = () if callable(observers) else tuple(observers)
-        self._make_observers = observers if callable(observers) else None
+        if callable(observers):
+            self._observers: tuple[Observer, ...] = ()
+            self._before: tuple[Callable[..., None], ...] = ()
+            self._returned: tuple[Callable[..., None], ...] = ()
+            self._after: tuple[Callable[..., None], ...] = ()
+            self._failed: tuple[Callable[..., None], ...] = ()
+            self._hit_hooks: tuple[Observer, ...] = ()
+            self._make_observers = observers
+        else:
+            self.observers = tuple(observers)
         #: one record per compile target, keyed the way MLX shares its cache: compiling the same
         #: callable again (a model compiled in every block's __init__) reuses the entry
         self.records: dict[tuple[int, int, int, bool], FunctionRecord] = {}
@@ -666,7 +705,9 @@ class VariantRun:
         cyclic GC runs, and N big tests hold N times the memory. After ``finish`` nothing needs
         them: the observers go, and so do the bodies (whose closures hold them).
         """
-        self.observers = ()  # also drops observers never built
+        if self._observers:
+            self.observers = ()
+        self._make_observers = None  # never built: never will be
         self._record_of.clear()
         for record in self.records.values():
             record.compiled = None
@@ -1115,10 +1156,8 @@ def _overriding(observers: Sequence[Observer], hook: str) -> tuple[Callable[...,
     return tuple(getattr(o, hook) for o in observers if _overrides(o, hook))
 
 
-#: ``InstrumentedFunction.__call__`` while a variant is active, and while none is: properties
-#: whose getters (in C) return the per-function routed call or the plain compiled function,
-#: which Python then calls; a ``def __call__`` would cost a frame and a method lookup per call.
-_ROUTED_CALL = property(operator.attrgetter("_routed"))
+#: ``InstrumentedFunction.__call__`` outside variants: a property whose getter (in C) returns
+#: the plain compiled function, which Python then calls without a frame of ours.
 _PLAIN_CALL = property(operator.attrgetter("_plain"))
 type.__setattr__(InstrumentedFunction, "__call__", _PLAIN_CALL)
 

@@ -8,26 +8,30 @@ poisons it until the next seed, probe §5).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import sys
 from typing import Any
 
-from pytest_mlxcompile import _mlx, instrument
+from pytest_mlxcompile import _mlx
 
 __all__ = ["GlobalState"]
 
 
-@dataclass
 class GlobalState:
-    device: Any
-    stream: Any
-    random_key: Any
+    """Captured and put back around every test: a plain class with slots, cheap (P4)."""
+
+    __slots__ = ("device", "random_key", "stream")
+
+    def __init__(self, device: Any, stream: Any, random_key: Any) -> None:
+        self.device = device
+        self.stream = stream
+        self.random_key = random_key
 
     @classmethod
     def capture(cls) -> GlobalState | None:
         """None when MLX is not loaded: then there is nothing a test could have changed."""
-        if not _mlx.is_loaded():
+        mx = sys.modules.get(_mlx.MLX_CORE)
+        if mx is None:
             return None
-        mx = _mlx.core()
         device = mx.default_device()
         return cls(device, mx.default_stream(device), _mlx.random_key_list()[0])
 
@@ -35,8 +39,11 @@ class GlobalState:
         """Put the state back; returns what had to be repaired that the user should know."""
         mx = _mlx.core()
         notes: list[str] = []
-        patches = instrument.installed()
-        if patches is not None:
+        # instrument comes with mlx.core (the package's import hook): not imported here, so that
+        # importing the plugin loads neither
+        instrument = sys.modules.get("pytest_mlxcompile.instrument")
+        patches = instrument.installed() if instrument is not None else None
+        if patches is not None and patches.switch.touched:
             patches.switch.restore()
         if mx.default_device() != self.device:
             mx.set_default_device(self.device)

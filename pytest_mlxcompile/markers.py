@@ -51,7 +51,7 @@ class CompiledMarker:
     @classmethod
     def from_mark(cls, mark: pytest.Mark, test: str) -> CompiledMarker:
         if not mark.args and not mark.kwargs:
-            return cls()  # a bare @pytest.mark.compiled: nothing to validate
+            return _BARE  # a bare @pytest.mark.compiled: nothing to validate
         where = f"@pytest.mark.compiled on {test}"
         if mark.args:
             raise MarkerError(
@@ -74,6 +74,10 @@ class CompiledMarker:
             except ValueError as exc:
                 raise MarkerError(str(exc)) from None
         return cls(**values)
+
+
+#: ``@pytest.mark.compiled`` without arguments (frozen: one is shared)
+_BARE = CompiledMarker()
 
 
 def _modes(value: object, source: str) -> tuple[Mode, ...]:
@@ -143,7 +147,19 @@ def closest(node: pytest.Item | pytest.Function) -> pytest.Mark | None:
 
 def from_item(node: pytest.Item | pytest.Function, test: str) -> CompiledMarker | None:
     mark = closest(node)
-    return None if mark is None else CompiledMarker.from_mark(mark, test)
+    if mark is None:
+        return None
+    # One Mark object serves every test it decorates (all of a module's, all of a function's
+    # parametrize cases): parse it once. A bad one raises every time, naming each test.
+    known = _parsed.get(id(mark))
+    if known is not None and known[0] is mark:
+        return known[1]
+    parsed = CompiledMarker.from_mark(mark, test)
+    _parsed[id(mark)] = (mark, parsed)  # the mark kept alive: its id stays its own
+    return parsed
+
+
+_parsed: dict[int, tuple[pytest.Mark, CompiledMarker]] = {}
 
 
 def case_marked(argvalues: object) -> bool:

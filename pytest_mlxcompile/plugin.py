@@ -5,46 +5,75 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import importlib
 import json
 import os
+import sys
 import textwrap
 import warnings
 from collections.abc import Callable, Generator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from pytest_mlxcompile import (
-    _mlx,
-    coverage_context,
-    hookspecs,
-    instrument,
-    recompiles,
-    record_hook,
-    report,
-    sanitize,
-    settings,
-    shapeless_probe,
-    testcases,
-    timing,
-    variants,
-)
+from pytest_mlxcompile import _mlx, hookspecs, records, settings, testcases, variants
 from pytest_mlxcompile.errors import ParityError
 from pytest_mlxcompile.isolation import GlobalState
 from pytest_mlxcompile.markers import MARKER_HELP, MarkerError
 from pytest_mlxcompile.modes import Mode, parse_modes
 
+
+def instrument_loaded() -> bool:
+    """Whether the instrumented compile exists in this process (it comes with ``mlx.core``)."""
+    return "pytest_mlxcompile.instrument" in sys.modules
+
+
+class _Lazy:
+    """A module of ours imported on its first use, which then takes its name in this module's
+    globals. Loading the plugin costs a suite that never uses a check only what it needs:
+    the checks, the timings and the reports stay unloaded (benchmarks/run.py, P4)."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __getattr__(self, attr: str) -> Any:
+        if attr.startswith("_"):
+            # what pytest and inspect probe every module global for (__wrapped__, _mock_name):
+            # only the public names this module uses load the module
+            raise AttributeError(attr)
+        module = importlib.import_module(f"pytest_mlxcompile.{self._name}")
+        globals()[self._name] = module
+        return getattr(module, attr)
+
+
+if TYPE_CHECKING:
+    from pytest_mlxcompile import (
+        coverage_context,
+        instrument,
+        recompiles,
+        record_hook,
+        report,
+        sanitize,
+        shapeless_probe,
+        timing,
+    )
+else:
+    coverage_context = _Lazy("coverage_context")
+    instrument = _Lazy("instrument")
+    recompiles = _Lazy("recompiles")
+    record_hook = _Lazy("record_hook")
+    report = _Lazy("report")
+    sanitize = _Lazy("sanitize")
+    shapeless_probe = _Lazy("shapeless_probe")
+    timing = _Lazy("timing")
+
 settings_key = pytest.StashKey[settings.Settings]()
 patched_key = pytest.StashKey[bool]()
-run_key = pytest.StashKey[instrument.VariantRun]()
-globals_key = pytest.StashKey["GlobalState | None"]()
-collector_key = pytest.StashKey[report.Collector]()
+#: a member test's VariantRun, from its setup to its teardown report
+run_key = pytest.StashKey["instrument.VariantRun"]()
+collector_key = pytest.StashKey[records.Collector]()
 baseline_key = pytest.StashKey["report.Baseline | None"]()
-last_calls_key = pytest.StashKey[timing.LastCalls]()
-timings_key = pytest.StashKey[list[timing.FunctionTiming]]()
-emitter_key = pytest.StashKey[record_hook.RecordEmitter]()
-cov_context_key = pytest.StashKey[bool]()
-coverage_key = pytest.StashKey[Any]()
+per_test_key = pytest.StashKey["PerTest"]()
 machine_key = pytest.StashKey[dict[str, Any]]()
 saved_key = pytest.StashKey[str]()
 html_saved_key = pytest.StashKey[str]()
@@ -56,11 +85,20 @@ def _patch_mlx(config: pytest.Config) -> None:
     config.stash[patched_key] = True
     # Leave MLX as we found it: a patch installed before this config (importing the package
     # installs it, for max_recompiles() in scripts) outlives it.
-    patched_before = instrument.installed() is not None
-    undo = _mlx.on_load(instrument.install)
+    patched_before = instrument_loaded() and instrument.installed() is not None
+    undo = _mlx.on_load(_install)  # instrument is imported when mlx.core is
     if not patched_before:
-        config.add_cleanup(instrument.uninstall)
+        config.add_cleanup(_uninstall)
     config.add_cleanup(undo)
+
+
+def _install(mx: Any) -> None:
+    instrument.install(mx)
+
+
+def _uninstall() -> None:
+    if instrument_loaded():
+        instrument.uninstall()
 
 
 # tryfirst: patch before conftest files import library code that applies @mx.compile.
@@ -121,8 +159,9 @@ def pytest_configure(config: pytest.Config) -> None:
             ),
             stacklevel=2,
         )
-    config.stash[collector_key] = collector = report.Collector()
-    config.pluginmanager.register(collector, "mlxcompile-collector")  # its logreport hook
+    config.stash[collector_key] = records.Collector()
+    config.stash[per_test_key] = per_test = PerTest(config, resolved)
+    config.pluginmanager.register(per_test, "mlxcompile-per-test")
     config.stash[baseline_key] = (
         report.Baseline.load(resolved.compare) if resolved.compare else None
     )
@@ -142,7 +181,7 @@ def _start_coverage_contexts(config: pytest.Config) -> None:
         problem = _NO_COVERAGE
     if problem is not None:
         raise pytest.UsageError(f"pytest-mlxcompile: {problem}")
-    config.stash[cov_context_key] = True
+    config.stash[per_test_key].cov_context = True
 
 
 _NO_COVERAGE = (
@@ -151,15 +190,12 @@ _NO_COVERAGE = (
 )
 
 
-def _coverage(item: pytest.Item) -> Any:
+def _coverage() -> Any:
     """The running coverage.Coverage for --mlx-cov-context, looked up per test (xdist workers
-    start theirs late); None without the option."""
-    if not item.config.stash.get(cov_context_key, False):
-        return None
+    start theirs late)."""
     cov = coverage_context.current()
     if cov is None:
         pytest.fail(f"pytest-mlxcompile: {_NO_COVERAGE}", pytrace=False)
-    item.stash[coverage_key] = cov
     return cov
 
 
@@ -259,7 +295,9 @@ def _choose_modes(
         return (), f"{exc} (return a list of mode names, or None to keep {list(map(str, modes))})"
 
 
-def _observers(item: pytest.Item, plan: variants.VariantPlan) -> list[instrument.Observer]:
+def _observers(
+    item: pytest.Item, plan: variants.VariantPlan, variant: _Variant
+) -> list[instrument.Observer]:
     """The checks that watch this variant's calls (recompiles, sanitizer, probe, timings)."""
     observers = [_recompile_observer(item, plan)]
     chosen = item.config.stash[settings_key]
@@ -272,14 +310,23 @@ def _observers(item: pytest.Item, plan: variants.VariantPlan) -> list[instrument
             stale=sanitizer.graph_is_stale,
         )
         observers += [sanitizer, probe]
-    observers += _timing_observers(item, plan)
-    if item.ihook.pytest_mlxcompile_record.get_hookimpls():
-        item.stash[emitter_key] = emitter = record_hook.RecordEmitter(_emit_to(item))
+    observers += _timing_observers(item, plan, variant)
+    if _has_record_hook(item):
+        variant.emitter = emitter = record_hook.RecordEmitter(_emit_to(item))
         observers.append(emitter)
-    cov = item.stash.get(coverage_key, None)
+    cov = variant.coverage
     if cov is not None and plan.mode.compiles:
         observers.append(coverage_context.TraceContext(cov, _cov_context(item, plan.mode)))
     return observers
+
+
+def _has_record_hook(item: pytest.Item) -> bool:
+    """Whether a pytest_mlxcompile_record implementation hears of this test. The session's hook
+    (conftest files' included) is asked first: a run without one never builds the item's hook
+    proxy, which costs microseconds per test."""
+    if not item.config.hook.pytest_mlxcompile_record.get_hookimpls():
+        return False
+    return bool(item.ihook.pytest_mlxcompile_record.get_hookimpls())
 
 
 def _emit_to(item: pytest.Item) -> record_hook.Emit:
@@ -299,6 +346,9 @@ def _cov_context(item: pytest.Item, mode: Mode) -> str:
 def _tolerance_hook(item: pytest.Item) -> Callable[..., tuple[float, float] | None] | None:
     """What parity asks for a tolerance; None when only the built-in answer is there (then a
     parity check pays nothing for the hook)."""
+    # the session's hook first (see _has_record_hook): only the built-in answer, most often
+    if len(item.config.hook.pytest_mlxcompile_tolerance.get_hookimpls()) <= 1:
+        return None
     hook = item.ihook.pytest_mlxcompile_tolerance
     if len(hook.get_hookimpls()) <= 1:
         return None
@@ -339,7 +389,9 @@ def _recompile_observer(item: pytest.Item, plan: variants.VariantPlan) -> instru
     )
 
 
-def _timing_observers(item: pytest.Item, plan: variants.VariantPlan) -> list[instrument.Observer]:
+def _timing_observers(
+    item: pytest.Item, plan: variants.VariantPlan, variant: _Variant
+) -> list[instrument.Observer]:
     chosen = item.config.stash[settings_key]
     modes = timing.auto_modes(
         plan.mode,
@@ -351,84 +403,8 @@ def _timing_observers(item: pytest.Item, plan: variants.VariantPlan) -> list[ins
     )
     if modes is None:
         return []
-    item.stash[last_calls_key] = last = timing.LastCalls(
-        modes, timing.Budget(max_time=chosen.timings_budget)
-    )
+    variant.last = last = timing.LastCalls(modes, timing.Budget(max_time=chosen.timings_budget))
     return [last]
-
-
-# tryfirst: the variant must be active before any fixture's setup calls compiled code.
-@pytest.hookimpl(wrapper=True, tryfirst=True)
-def pytest_runtest_setup(item: pytest.Item) -> Generator[None]:
-    # Nothing here may raise before the yield: the other plugins' setup must run, their
-    # teardown relies on it (pytest's logging plugin fails with a KeyError otherwise).
-    error: BaseException | None = None
-    try:
-        _start(item)
-    except MarkerError as exc:  # a marker added after collection (item.add_marker)
-        error = pytest.fail.Exception(str(exc), pytrace=False)
-    except Exception as exc:
-        error = exc
-    result = yield
-    # After every fixture's setup: what a module or session fixture set (a default stream, a
-    # device) is the state this test starts from, and stays after it.
-    item.stash[globals_key] = GlobalState.capture()
-    if error is not None:
-        raise error
-    return result
-
-
-def _start(item: pytest.Item) -> None:
-    plan = variants.plan(item, item.config.stash[settings_key])
-    if plan is None:
-        return
-    _mlx.core()  # loading mlx.core applies the patch
-    cov = _coverage(item)
-    if cov is not None:
-        coverage_context.switch(cov, _cov_context(item, plan.mode))
-    run = instrument.VariantRun(
-        plan.mode,
-        label=item.nodeid,
-        parity=plan.parity,
-        tolerance=dataclasses.replace(plan.tolerance, hook=_tolerance_hook(item)),
-        # built on the first instrumented call: most trivial tests never make one
-        observers=lambda: _observers(item, plan),
-        max_check_bytes=item.config.stash[settings_key].max_check_bytes,
-    )
-    item.stash[run_key] = run
-    run.start()
-
-
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_call(item: pytest.Item) -> Generator[None]:
-    __tracebackhide__ = True  # a failed shapeless probe reports without our frames
-    try:
-        result = yield
-    except RuntimeError as exc:
-        backend = _mlx.missing_backend(exc) if run_key in item.stash else None
-        if backend is None:
-            raise
-        skip = pytest.skip.Exception(
-            f"needs MLX's {backend} backend for a custom kernel, which this build lacks "
-            f"(default device: {_mlx.core().default_device()}): {exc}"
-        )
-        # keep the kernel call's traceback, so the skip points at the user's line
-        raise skip.with_traceback(exc.__traceback__) from None
-    # Only a passed test gets here: its shapeless graphs are probed at other sizes (a failure
-    # of this phase), and it is timed (a failed one is not: its last call may be what broke).
-    run = item.stash.get(run_key, None)
-    if run is not None:
-        shapeless_probe.check(run)
-    last = item.stash.get(last_calls_key, None)
-    timings = item.stash.setdefault(timings_key, [])
-    if last is not None:
-        timings += last.measure(contended=_workers(item.config) > 1)
-    if timings and item.ihook.pytest_mlxcompile_record.get_hookimpls():
-        emit = _emit_to(item)
-        for entry in timings:
-            emit("timing", entry.to_json())
-    _gate(item, timings)
-    return result
 
 
 def _gate(item: pytest.Item, timings: list[timing.FunctionTiming]) -> None:
@@ -450,65 +426,218 @@ def _gate(item: pytest.Item, timings: list[timing.FunctionTiming]) -> None:
         pytest.fail(message, pytrace=False)
 
 
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(
-    item: pytest.Item, call: pytest.CallInfo[None]
-) -> Generator[None, pytest.TestReport, pytest.TestReport]:
-    record = None
-    run, timings = item.stash.get(run_key, None), item.stash.get(timings_key, [])
-    emitter = item.stash.get(emitter_key, None)
-    if emitter is not None and call.excinfo is not None and call.excinfo.errisinstance(ParityError):
-        emitter.parity_error = str(call.excinfo.value)
-    if call.when == "teardown" and (run is not None or timings):
-        record = report.variant_record(item.nodeid, run, timings)
-        item.user_properties.extend(report.junit_properties(record))
-    test_report = yield
-    if record is not None:
-        # A report attribute travels from xdist workers to the controller (as JSON text).
-        test_report.mlx_record = json.dumps(record)  # type: ignore[attr-defined]
-    if call.when == "teardown":
-        # pytest keeps every item until the session ends: drop what holds the test's arrays,
-        # models and last call arguments now.
-        _forget(item, run_key)
-        _forget(item, last_calls_key)
-        _forget(item, timings_key)
-        _forget(item, globals_key)
-        _forget(item, emitter_key)
-        _forget(item, coverage_key)
-    return test_report
+class _Variant:
+    """What the plugin keeps about one test it runs: a member of the matrix (``run``), or a test
+    that uses ``mlx_benchmark`` (``timings``)."""
+
+    __slots__ = ("coverage", "duration", "emitter", "last", "outcome", "run", "timings")
+
+    def __init__(self) -> None:
+        self.run: instrument.VariantRun | None = None
+        self.last: timing.LastCalls | None = None
+        self.timings: list[timing.FunctionTiming] = []
+        self.emitter: record_hook.RecordEmitter | None = None
+        self.coverage: Any = None
+        #: over the setup, call and teardown reports so far
+        self.outcome: str | None = None
+        self.duration = 0.0
 
 
-def _forget(item: pytest.Item, key: pytest.StashKey[Any]) -> None:
-    if key in item.stash:
-        del item.stash[key]
+class PerTest:
+    """The hooks that run for every test, one instance per session (registered at configure).
 
+    What they keep about the running test lives in attributes, not in the item's stash: a
+    stash lookup is a Python call (a miss raises inside), and these hooks run for every test of
+    a suite, most of which the plugin leaves alone (benchmarks/run.py, P4). pytest runs one
+    test at a time per process, and each item's hooks from its setup to its last report.
+    """
 
-# trylast: stop the variant and restore MLX only after every fixture has been torn down.
-@pytest.hookimpl(wrapper=True, trylast=True)
-def pytest_runtest_teardown(item: pytest.Item) -> Generator[None]:
-    __tracebackhide__ = True  # end-of-test checks (shapeless probe) report without our frames
-    # Before the fixtures' finalizers (this wrapper is the innermost): undo what the test itself
-    # changed, so that fixtures tear down from the state they set up.
-    saved = item.stash.get(globals_key, None)
-    if saved is not None:
-        for note in saved.restore():
-            warnings.warn(pytest.PytestWarning(f"pytest-mlxcompile: {note}"), stacklevel=1)
-    try:
-        return (yield)
-    finally:
-        run = item.stash.get(run_key, None)
+    def __init__(self, config: pytest.Config, chosen: settings.Settings) -> None:
+        self.config = config
+        self.chosen = chosen
+        self.collector = config.stash[collector_key]
+        self.plans: variants.PlanCache = {}
+        self.worker = _is_worker(config)
+        self.cov_context = False  # --mlx-cov-context, set by _start_coverage_contexts
+        #: the test in progress, and what the plugin keeps about it (None: it is left alone)
+        self.item: pytest.Item | None = None
+        self.variant: _Variant | None = None
+        self.saved: GlobalState | None = None
+
+    def variant_of(self, item: pytest.Item, *, create: bool = False) -> _Variant | None:
+        """The test's variant state; ``create``: make it (mlx_benchmark in a plain test)."""
+        if self.item is not item:
+            return None
+        if self.variant is None and create:
+            self.variant = _Variant()
+        return self.variant
+
+    # tryfirst: the variant must be active before any fixture's setup calls compiled code.
+    @pytest.hookimpl(wrapper=True, tryfirst=True)
+    def pytest_runtest_setup(self, item: pytest.Item) -> Generator[None]:
+        self.item, self.variant, self.saved = item, None, None
+        # Nothing here may raise before the yield: the other plugins' setup must run, their
+        # teardown relies on it (pytest's logging plugin fails with a KeyError otherwise).
+        error: BaseException | None = None
         try:
-            if run is not None:
-                run.stop()  # may raise: checks that run at the end (shapeless probe) report here
+            self._start(item)
+        except MarkerError as exc:  # a marker added after collection (item.add_marker)
+            error = pytest.fail.Exception(str(exc), pytrace=False)
+        except Exception as exc:
+            error = exc
+        try:
+            result = yield
+        except ParityError as exc:  # a fixture's compiled call
+            self._parity_failed(exc)
+            raise
+        # After every fixture's setup: what a module or session fixture set (a default stream,
+        # a device) is the state this test starts from, and stays after it.
+        self.saved = GlobalState.capture()
+        if error is not None:
+            raise error
+        return result
+
+    def _start(self, item: pytest.Item) -> None:
+        chosen = self.chosen
+        plan = variants.plan(item, chosen, self.plans)
+        if plan is None:
+            return
+        _mlx.core()  # loading mlx.core applies the patch
+        self.variant = variant = _Variant()
+        if self.cov_context:
+            variant.coverage = cov = _coverage()
+            coverage_context.switch(cov, _cov_context(item, plan.mode))
+        hook, tolerance = _tolerance_hook(item), plan.tolerance
+        run = instrument.VariantRun(
+            plan.mode,
+            label=item.nodeid,
+            parity=plan.parity,
+            tolerance=tolerance if hook is None else dataclasses.replace(tolerance, hook=hook),
+            # built on the first instrumented call: most trivial tests never make one
+            observers=lambda: _observers(item, plan, variant),
+            max_check_bytes=chosen.max_check_bytes,
+        )
+        variant.run = run
+        item.stash[run_key] = run  # for conftest code that inspects a variant's records
+        run.start()
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_call(self, item: pytest.Item) -> Generator[None]:
+        __tracebackhide__ = True  # a failed shapeless probe reports without our frames
+        variant = self.variant if self.item is item else None
+        if variant is None:
+            return (yield)  # not the plugin's test: nothing to do
+        run = variant.run
+        try:
+            result = yield
+        except ParityError as exc:
+            self._parity_failed(exc)
+            raise
+        except RuntimeError as exc:
+            backend = _mlx.missing_backend(exc) if run is not None else None
+            if backend is None:
+                raise
+            skip = pytest.skip.Exception(
+                f"needs MLX's {backend} backend for a custom kernel, which this build lacks "
+                f"(default device: {_mlx.core().default_device()}): {exc}"
+            )
+            # keep the kernel call's traceback, so the skip points at the user's line
+            raise skip.with_traceback(exc.__traceback__) from None
+        # Only a passed test gets here: its shapeless graphs are probed at other sizes (a
+        # failure of this phase), and it is timed (a failed one is not: its last call may be
+        # what broke).
+        if run is not None and run.built_observers:  # none built: no compiled call was made
+            shapeless_probe.check(run)
+        timings = variant.timings
+        if variant.last is not None:
+            timings += variant.last.measure(contended=_workers(self.config) > 1)
+        if timings and _has_record_hook(item):
+            emit = _emit_to(item)
+            for entry in timings:
+                emit("timing", entry.to_json())
+        if self.config.stash[baseline_key] is not None:
+            _gate(item, timings)
+        return result
+
+    def _parity_failed(self, exc: ParityError) -> None:
+        emitter = self.variant.emitter if self.variant is not None else None
+        if emitter is not None:
+            emitter.parity_error = str(exc)
+
+    # trylast: stop the variant and restore MLX only after every fixture has been torn down.
+    @pytest.hookimpl(wrapper=True, trylast=True)
+    def pytest_runtest_teardown(self, item: pytest.Item) -> Generator[None]:
+        __tracebackhide__ = True  # end-of-test checks (shapeless probe) report without our frames
+        # Before the fixtures' finalizers (this wrapper is the innermost): undo what the test
+        # itself changed, so that fixtures tear down from the state they set up.
+        saved = self.saved if self.item is item else None
+        if saved is not None:
+            for note in saved.restore():
+                warnings.warn(pytest.PytestWarning(f"pytest-mlxcompile: {note}"), stacklevel=1)
+        try:
+            return (yield)
         finally:
-            cov = item.stash.get(coverage_key, None)
-            if cov is not None:
-                coverage_context.switch(cov, "")
+            variant = self.variant if self.item is item else None
+            run = variant.run if variant is not None else None
+            try:
+                if run is not None:
+                    run.stop()  # may raise: checks that run at the end (shapeless probe) do
+            finally:
+                if variant is not None and variant.coverage is not None:
+                    coverage_context.switch(variant.coverage, "")
+
+    # tryfirst: before junitxml (which reads the properties) and xdist's worker (which sends
+    # the report to the controller) see the report.
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        item = self.item
+        if item is not None and report.nodeid == item.nodeid:
+            if self.variant is not None:
+                self._record(item, self.variant, report)
+            if report.when == "teardown":
+                self.item = self.variant = self.saved = None
+        # on an xdist controller this sees every worker's reports too
+        self.collector.add(report)
+
+    def _record(self, item: pytest.Item, variant: _Variant, test_report: pytest.TestReport) -> None:
+        """The variant's outcome over its phases, and at teardown its record on the report."""
+        variant.outcome = records.outcome(variant.outcome, test_report)
+        variant.duration += test_report.duration
+        if test_report.when != "teardown":
+            return
+        record = records.variant_record(item.nodeid, variant.run, variant.timings)
+        record["outcome"], record["duration"] = variant.outcome, variant.duration
+        test_report.user_properties.extend(records.junit_properties(record))
+        # A report attribute travels from xdist workers to the controller: as JSON text there.
+        test_report.mlx_record = json.dumps(record) if self.worker else record  # type: ignore[attr-defined]
+        # pytest keeps every item until the session ends: drop what holds the test's arrays,
+        # models and last call arguments now (the variant goes in the caller).
+        if run_key in item.stash:
+            del item.stash[run_key]
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     config = terminalreporter.config
     collector = config.stash[collector_key]
+    if config.stash[baseline_key] is not None or any(
+        r["functions"] or r["timings"] for r in collector.records.values()
+    ):
+        _write_sections(terminalreporter, collector)
+    saved = config.stash.get(saved_key, None)
+    if saved is not None:
+        terminalreporter.write_line(saved, red="ERROR" in saved, yellow="incomplete" in saved)
+    html = config.stash.get(html_saved_key, None)
+    if html is not None:
+        terminalreporter.write_line(
+            f"mlx report: {html} (HTML, {len(collector.records)} test variants)"
+        )
+
+
+def _write_sections(
+    terminalreporter: pytest.TerminalReporter, collector: records.Collector
+) -> None:
+    """The recompiles, shapeless and timings sections (a run that called no compiled function
+    has none, and never loads the modules that write them)."""
     entries = recompiles.summary_entries(collector.records.items())
     lines = recompiles.summary_lines(entries, terminalreporter.verbosity)
     if lines:
@@ -520,22 +649,15 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         terminalreporter.write_sep("=", "shapeless")
         for line in lines:
             terminalreporter.write_line(line)
-    report.write_summary(terminalreporter, collector, config.stash[baseline_key], None)
-    saved = config.stash.get(saved_key, None)
-    if saved is not None:
-        terminalreporter.write_line(saved, red="ERROR" in saved, yellow="incomplete" in saved)
-    html = config.stash.get(html_saved_key, None)
-    if html is not None:
-        terminalreporter.write_line(
-            f"mlx report: {html} (HTML, {len(collector.records)} test variants)"
-        )
+    baseline = terminalreporter.config.stash[baseline_key]
+    report.write_summary(terminalreporter, collector, baseline, None)
 
 
 # tryfirst: before session fixtures are finalized, which must not run under a dead variant.
 @pytest.hookimpl(tryfirst=True)
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int | pytest.ExitCode) -> None:
     # pytest.exit() or Ctrl-C inside a test skips its teardown: end its variant here.
-    active = instrument.active_run()
+    active = instrument.active_run() if instrument_loaded() else None
     if active is not None:
         with contextlib.suppress(Exception):
             active.stop()
@@ -640,10 +762,11 @@ def mlx_benchmark(request: pytest.FixtureRequest) -> timing.Benchmark:
     """``mlx_benchmark(fn, *args, modes=("eager", "compiled"), **kwargs)``: time fn in each mode."""
     _mlx.core()
     config = request.config
+    variant = config.stash[per_test_key].variant_of(request.node, create=True)
     return timing.Benchmark(
         timing.Budget(max_time=config.stash[settings_key].timings_budget),
         contended=_workers(config) > 1,
-        sink=request.node.stash.setdefault(timings_key, []),
+        sink=variant.timings if variant is not None else [],
     )
 
 

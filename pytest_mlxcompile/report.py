@@ -18,15 +18,15 @@ import sys
 import tempfile
 import textwrap
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
 import pytest
 
 from pytest_mlxcompile import _mlx, shapeless_probe
-from pytest_mlxcompile.instrument import VariantRun
 from pytest_mlxcompile.modes import ALL_MODES, Mode
+from pytest_mlxcompile.records import Collector, variant_record
 from pytest_mlxcompile.settings import CompareRule, Settings
 from pytest_mlxcompile.timing import (
     PAYOFF_CALLS,
@@ -54,8 +54,6 @@ SCHEMA_VERSION = 2
 #: Versions a baseline may have: 2 added ``achieved`` and ``run.roofline``, which are optional
 #: on reading.
 _READABLE_VERSIONS = (1, 2)
-#: Keys other checks store in ``FunctionRecord.extra`` that the report copies when present.
-_EXTRA_LISTS = ("recompiles", "diagnoses", "notes")
 #: What must match for a baseline's timings to be comparable at all.
 _MACHINE_KEYS = ("mlx", "backend", "device", "system", "architecture", "python")
 
@@ -96,146 +94,6 @@ def mismatch_warning(differs: list[str]) -> str:
         + "; ".join(differs)
         + "), so its timings may differ for reasons other than the code"
     )
-
-
-# records ---------------------------------------------------------------------------------------
-def variant_record(
-    nodeid: str, run: VariantRun | None, timings: Sequence[FunctionTiming]
-) -> dict[str, Any]:
-    """What one test variant did, in plain JSON types (the outcome is filled in later)."""
-    functions = []
-    for record in run.records.values() if run is not None else ():
-        entry: dict[str, Any] = {
-            "function": record.fn.name,
-            "where": record.fn.where,
-            "calls": record.calls,
-            "traces": record.traces,
-            "parity_checks": record.parity_checks,
-            "parity_skipped": record.parity_skipped,
-        }
-        for key in _EXTRA_LISTS:
-            if isinstance(record.extra.get(key), list):
-                entry[key] = _plain(record.extra[key])
-        functions.append(entry)
-    return {
-        "nodeid": nodeid,
-        "mode": None if run is None else str(run.mode),
-        "outcome": None,
-        "duration": 0.0,
-        "functions": functions,
-        "timings": [t.to_json() for t in timings],
-    }
-
-
-def _plain(value: object) -> Any:
-    """JSON-safe copy of what another check stored (strings for anything exotic)."""
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if value is None or isinstance(value, (bool, int, str)):
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    return str(value)
-
-
-def junit_properties(record: dict[str, Any]) -> list[tuple[str, str]]:
-    """Short per-test properties for --junitxml: traces per function and the speedups."""
-    props = [(f"mlx_traces[{f['function']}]", str(f["traces"])) for f in record["functions"]]
-    for timing in record["timings"]:
-        for mode, speedup in timing["speedup"].items():
-            props.append((f"mlx_speedup[{timing['function']}][{mode}]", f"{speedup['value']:.3f}"))
-    return props
-
-
-def _outcome(previous: str | None, report: pytest.TestReport) -> str | None:
-    if report.when == "setup":
-        return {"failed": "error", "skipped": "skipped"}.get(report.outcome)
-    if report.when == "call":
-        if hasattr(report, "wasxfail"):
-            return "xfailed" if report.skipped else "xpassed"
-        return report.outcome
-    if report.failed:
-        return "error"
-    return previous or "passed"
-
-
-@dataclass(eq=False)  # a plugin object: pytest keeps plugins in sets, so hashable
-class Collector:
-    """The controller's view: one record per test variant, from its reports."""
-
-    records: dict[str, dict[str, Any]] = field(default_factory=dict)
-    _outcomes: dict[str, str | None] = field(default_factory=dict)
-    _durations: dict[str, float] = field(default_factory=dict)
-    #: pytest-xdist workers that went down with an error, each with the test it was running
-    lost_workers: list[str] = field(default_factory=list)
-    #: tests that reached their teardown report (or crashed): all of them in a complete run
-    finished: int = 0
-
-    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        """On the controller this sees every worker's reports too."""
-        self.add(report)
-
-    def worker_down(self, worker: str, error: object) -> None:
-        """pytest-xdist lost ``worker``; :meth:`add` names the test it was running, if any."""
-        self.lost_workers.append(f"{worker}: {error}")
-
-    def _crashed(self, report: pytest.TestReport) -> None:
-        """pytest-xdist's report for the test a crashed worker was running (``when='???'``):
-        record the variant as crashed, and name it in that worker's ``lost_workers`` entry."""
-        nodeid = report.nodeid
-        self._outcomes.pop(nodeid, None)
-        self._durations.pop(nodeid, None)
-        self.records[nodeid] = {
-            "nodeid": nodeid,
-            "mode": _mode_of(nodeid),
-            "outcome": "crashed",
-            "duration": 0.0,
-            "functions": [],
-            "timings": [],
-        }
-        gateway = getattr(getattr(report, "node", None), "gateway", None)
-        prefix = f"{getattr(gateway, 'id', '?')}: "
-        for index in range(len(self.lost_workers) - 1, -1, -1):
-            entry = self.lost_workers[index]
-            if entry.startswith(prefix) and " while running " not in entry:
-                self.lost_workers[index] = f"{entry} while running {nodeid}"
-                return
-        self.lost_workers.append(f"{prefix}crashed while running {nodeid}")
-
-    def add(self, report: pytest.TestReport) -> None:
-        nodeid = report.nodeid
-        if report.when not in ("setup", "call", "teardown"):
-            self.finished += 1
-            self._crashed(report)
-            return
-        self._outcomes[nodeid] = _outcome(self._outcomes.get(nodeid), report)
-        self._durations[nodeid] = self._durations.get(nodeid, 0.0) + report.duration
-        if report.when != "teardown":
-            return
-        self.finished += 1
-        outcome, duration = self._outcomes.pop(nodeid), self._durations.pop(nodeid)
-        text = getattr(report, "mlx_record", None)
-        if isinstance(text, str):
-            record = json.loads(text)
-            record["outcome"], record["duration"] = outcome, duration
-            self.records[nodeid] = record
-
-    def timings(self) -> list[tuple[str, FunctionTiming]]:
-        return [
-            (nodeid, FunctionTiming.from_json(t))
-            for nodeid, record in sorted(self.records.items())
-            for t in record["timings"]
-        ]
-
-
-def _mode_of(nodeid: str) -> str | None:
-    """The matrix mode in a node id (the matrix puts it last: ``test_x[3-compiled]``)."""
-    if not nodeid.endswith("]") or "[" not in nodeid:
-        return None
-    last = nodeid[nodeid.rindex("[") + 1 : -1].rsplit("-", 1)[-1]
-    return last if last in {m.value for m in ALL_MODES} else None
 
 
 # JSON ------------------------------------------------------------------------------------------

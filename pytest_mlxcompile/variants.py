@@ -49,7 +49,8 @@ is_member = _is_member
 
 def matrix_mode(item: pytest.Item) -> Mode | None:
     """The mode the matrix gave this item: its ``mlx_mode`` parameter, or a TestCase variant's."""
-    callspec = getattr(item, "callspec", None)
+    # vars(): an item without parameters has no callspec, and getattr's miss raises inside
+    callspec = vars(item).get("callspec")
     mode = callspec.params.get(MODE_PARAM) if callspec is not None else None
     return mode if isinstance(mode, Mode) else item.stash.get(MODE_KEY, None)
 
@@ -58,6 +59,10 @@ def _marker(
     node: pytest.Item | pytest.Function | pytest.Metafunc, test: str
 ) -> CompiledMarker | None:
     definition = node.definition if isinstance(node, pytest.Metafunc) else node
+    # A node's keywords hold its markers' names and its parents' (and other names): a cheap
+    # test that rules out most tests before the marker lookup (benchmarks/run.py, P4).
+    if MARKER not in definition.keywords:
+        return None
     return from_item(definition, test)
 
 
@@ -150,8 +155,19 @@ def check_cases(items: list[pytest.Item]) -> tuple[list[pytest.Item], list[pytes
     return kept, dropped
 
 
-def plan(item: pytest.Item, settings: Settings) -> VariantPlan | None:
-    """The mode and checks for this test, or None when the plugin leaves it alone."""
+#: ``plan``'s cache: (id of the marker, mode) -> (the marker, its plan), one per session
+PlanCache = dict[tuple[int, Mode], tuple[CompiledMarker, VariantPlan]]
+
+
+def plan(
+    item: pytest.Item, settings: Settings, cache: PlanCache | None = None
+) -> VariantPlan | None:
+    """The mode and checks for this test, or None when the plugin leaves it alone.
+
+    Asked for every test, so a test the plugin leaves alone is ruled out with a few dict
+    lookups; a plan is made once per marker and mode (``cache``, kept for one session: a
+    plan depends on the settings too), and markers are parsed once (``markers.from_item``).
+    """
     if not isinstance(item, pytest.Function):
         return None
     marker = _marker(item, item.nodeid)  # validated at collection already
@@ -161,8 +177,11 @@ def plan(item: pytest.Item, settings: Settings) -> VariantPlan | None:
             return None
         allowed = marker.modes if marker is not None and marker.modes else None
         mode = Mode.COMPILED if allowed is None or Mode.COMPILED in allowed else allowed[0]
-    marker = marker or CompiledMarker()
-    return VariantPlan(
+    marker = marker or _NO_MARKER
+    key = (id(marker), mode)
+    if cache is not None and key in cache:
+        return cache[key][1]
+    made = VariantPlan(
         mode=mode,
         parity=marker.parity or settings.parity,
         tolerance=Tolerance(
@@ -171,3 +190,9 @@ def plan(item: pytest.Item, settings: Settings) -> VariantPlan | None:
         ),
         marker=marker,
     )
+    if cache is not None:
+        cache[key] = (marker, made)  # the marker kept alive: its id stays its own
+    return made
+
+
+_NO_MARKER = CompiledMarker()
