@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from pytest_mlxcompile.modes import Mode, parse_modes
 from pytest_mlxcompile.settings import parse_tolerance
+
+if TYPE_CHECKING:
+    from _pytest.nodes import Node
 
 __all__ = [
     "MARKER",
@@ -142,7 +145,15 @@ def closest(node: pytest.Item | pytest.Function) -> pytest.Mark | None:
     for mark in getattr(callspec, "marks", ()):
         if isinstance(mark, pytest.Mark) and mark.name == MARKER:
             return mark
-    return node.get_closest_marker(MARKER)
+    # get_closest_marker's order (the node's own markers, then its parents'), without the
+    # list and generators it builds: asked for every marked test (benchmarks/run.py, P4)
+    at: Node | None = node
+    while at is not None:
+        for mark in at.own_markers:
+            if mark.name == MARKER:
+                return mark
+        at = at.parent
+    return None
 
 
 def from_item(node: pytest.Item | pytest.Function, test: str) -> CompiledMarker | None:

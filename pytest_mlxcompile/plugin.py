@@ -458,9 +458,15 @@ class PerTest:
         self.collector = config.stash[collector_key]
         self.plans: variants.PlanCache = {}
         self.worker = _is_worker(config)
+        #: a record for every variant, not only those that called compiled code: for the JSON
+        #: and HTML reports, which list them all (and an xdist controller may write them)
+        self.every_record = (
+            self.worker or chosen.report_json is not None or chosen.report_html is not None
+        )
         self.cov_context = False  # --mlx-cov-context, set by _start_coverage_contexts
         #: the test in progress, and what the plugin keeps about it (None: it is left alone)
         self.item: pytest.Item | None = None
+        self.nodeid = ""
         self.variant: _Variant | None = None
         self.saved: GlobalState | None = None
 
@@ -475,7 +481,7 @@ class PerTest:
     # tryfirst: the variant must be active before any fixture's setup calls compiled code.
     @pytest.hookimpl(wrapper=True, tryfirst=True)
     def pytest_runtest_setup(self, item: pytest.Item) -> Generator[None]:
-        self.item, self.variant, self.saved = item, None, None
+        self.item, self.nodeid, self.variant, self.saved = item, item.nodeid, None, None
         # Nothing here may raise before the yield: the other plugins' setup must run, their
         # teardown relies on it (pytest's logging plugin fails with a KeyError otherwise).
         error: BaseException | None = None
@@ -590,10 +596,10 @@ class PerTest:
     # the report to the controller) see the report.
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        item = self.item
-        if item is not None and report.nodeid == item.nodeid:
-            if self.variant is not None:
-                self._record(item, self.variant, report)
+        variant = self.variant
+        if variant is not None and report.nodeid == self.nodeid:
+            assert self.item is not None
+            self._record(self.item, variant, report)
             if report.when == "teardown":
                 self.item = self.variant = self.saved = None
         # on an xdist controller this sees every worker's reports too
@@ -605,15 +611,18 @@ class PerTest:
         variant.duration += test_report.duration
         if test_report.when != "teardown":
             return
-        record = records.variant_record(item.nodeid, variant.run, variant.timings)
-        record["outcome"], record["duration"] = variant.outcome, variant.duration
-        test_report.user_properties.extend(records.junit_properties(record))
-        # A report attribute travels from xdist workers to the controller: as JSON text there.
-        test_report.mlx_record = json.dumps(record) if self.worker else record  # type: ignore[attr-defined]
         # pytest keeps every item until the session ends: drop what holds the test's arrays,
         # models and last call arguments now (the variant goes in the caller).
         if run_key in item.stash:
             del item.stash[run_key]
+        run = variant.run
+        if not (variant.timings or (run is not None and run.records) or self.every_record):
+            return  # nothing to show: a variant that called no compiled function
+        record = records.variant_record(item.nodeid, run, variant.timings)
+        record["outcome"], record["duration"] = variant.outcome, variant.duration
+        test_report.user_properties.extend(records.junit_properties(record))
+        # A report attribute travels from xdist workers to the controller: as JSON text there.
+        test_report.mlx_record = json.dumps(record) if self.worker else record  # type: ignore[attr-defined]
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

@@ -52,18 +52,18 @@ def matrix_mode(item: pytest.Item) -> Mode | None:
     # vars(): an item without parameters has no callspec, and getattr's miss raises inside
     callspec = vars(item).get("callspec")
     mode = callspec.params.get(MODE_PARAM) if callspec is not None else None
-    return mode if isinstance(mode, Mode) else item.stash.get(MODE_KEY, None)
+    if isinstance(mode, Mode):
+        return mode
+    return item.stash[MODE_KEY] if MODE_KEY in item.stash else None  # noqa: SIM401 - .get raises inside on a miss
 
 
-def _marker(
-    node: pytest.Item | pytest.Function | pytest.Metafunc, test: str
-) -> CompiledMarker | None:
+def _marker(node: pytest.Item | pytest.Function | pytest.Metafunc) -> CompiledMarker | None:
     definition = node.definition if isinstance(node, pytest.Metafunc) else node
     # A node's keywords hold its markers' names and its parents' (and other names): a cheap
     # test that rules out most tests before the marker lookup (benchmarks/run.py, P4).
     if MARKER not in definition.keywords:
         return None
-    return from_item(definition, test)
+    return from_item(definition, definition.nodeid)
 
 
 #: ``choose(metafunc, modes) -> (modes, error)``: the ``pytest_mlxcompile_modes`` hook's answer
@@ -74,9 +74,8 @@ def parametrize(
     metafunc: pytest.Metafunc, settings: Settings, choose: ChooseModes | None = None
 ) -> None:
     """With the matrix on, give each member test one variant per mode: ``test_x[eager]``, ..."""
-    test = metafunc.definition.nodeid
     try:
-        marker = _marker(metafunc, test)
+        marker = _marker(metafunc)
     except MarkerError as exc:
         error = str(exc)
     else:
@@ -170,7 +169,7 @@ def plan(
     """
     if not isinstance(item, pytest.Function):
         return None
-    marker = _marker(item, item.nodeid)  # validated at collection already
+    marker = _marker(item)  # validated at collection already
     mode = matrix_mode(item)
     if mode is None:
         if not _is_member(marker, item.fixturenames, settings):
