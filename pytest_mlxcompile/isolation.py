@@ -19,12 +19,13 @@ __all__ = ["GlobalState"]
 class GlobalState:
     """Captured and put back around every test: a plain class with slots, cheap (P4)."""
 
-    __slots__ = ("device", "random_key", "stream")
+    __slots__ = ("device", "keys", "random_key", "stream")
 
-    def __init__(self, device: Any, stream: Any, random_key: Any) -> None:
+    def __init__(self, device: Any, stream: Any, keys: list[Any]) -> None:
         self.device = device
         self.stream = stream
-        self.random_key = random_key
+        self.keys = keys  # this thread's key list (MLX keeps it for the thread's life)
+        self.random_key = keys[0] if keys else None
 
     @classmethod
     def capture(cls) -> GlobalState | None:
@@ -33,23 +34,23 @@ class GlobalState:
         if mx is None:
             return None
         device = mx.default_device()
-        return cls(device, mx.default_stream(device), _mlx.random_key_list()[0])
+        return cls(device, mx.default_stream(device), _mlx.random_key_list())
 
-    def restore(self) -> list[str]:
+    def restore(self) -> tuple[str, ...]:
         """Put the state back; returns what had to be repaired that the user should know."""
         mx = _mlx.core()
-        notes: list[str] = []
         # instrument comes with mlx.core (the package's import hook): not imported here, so that
         # importing the plugin loads neither
         instrument = sys.modules.get("pytest_mlxcompile.instrument")
         patches = instrument.installed() if instrument is not None else None
         if patches is not None and patches.switch.touched:
             patches.switch.restore()
-        if mx.default_device() != self.device:
-            mx.set_default_device(self.device)
-        if mx.default_stream(self.device) != self.stream:
+        device = self.device
+        if mx.default_device() != device:
+            mx.set_default_device(device)
+        if mx.default_stream(device) != self.stream:
             mx.set_default_stream(self.stream)
-        keys = _mlx.random_key_list()
+        keys = self.keys
         # Every change of the key (a random call, a seed, a compile that writes a tracer into
         # it) puts a new array object in the list: the same object as before the test is the
         # key we saved, and reading its graph (mx.export_to_dot, the cost of most tests that
@@ -61,9 +62,9 @@ class GlobalState:
             and _mlx.is_placeholder(keys[0], evaluate_lazy=True)
         ):
             keys[0] = self.random_key
-            notes.append(
+            return (
                 "the test left a placeholder in mx.random.state (a function compiled with "
                 "inputs=mx.random.state but not outputs=?), which would break every later "
-                "random call; pytest-mlxcompile restored the key from before the test"
+                "random call; pytest-mlxcompile restored the key from before the test",
             )
-        return notes
+        return ()

@@ -430,7 +430,7 @@ class _Variant:
     """What the plugin keeps about one test it runs: a member of the matrix (``run``), or a test
     that uses ``mlx_benchmark`` (``timings``)."""
 
-    __slots__ = ("coverage", "duration", "emitter", "last", "outcome", "run", "timings")
+    __slots__ = ("coverage", "emitter", "last", "reports", "run", "timings")
 
     def __init__(self) -> None:
         self.run: instrument.VariantRun | None = None
@@ -438,9 +438,8 @@ class _Variant:
         self.timings: list[timing.FunctionTiming] = []
         self.emitter: record_hook.RecordEmitter | None = None
         self.coverage: Any = None
-        #: over the setup, call and teardown reports so far
-        self.outcome: str | None = None
-        self.duration = 0.0
+        #: the setup and call reports, for the record's outcome and duration
+        self.reports: list[pytest.TestReport] = []
 
 
 class PerTest:
@@ -456,7 +455,7 @@ class PerTest:
         self.config = config
         self.chosen = chosen
         self.collector = config.stash[collector_key]
-        self.plans: variants.PlanCache = {}
+        self.plans = variants.PlanCache()
         self.worker = _is_worker(config)
         #: a record for every variant, not only those that called compiled code: for the JSON
         #: and HTML reports, which list them all (and an xdist controller may write them)
@@ -603,13 +602,14 @@ class PerTest:
             if report.when == "teardown":
                 self.item = self.variant = self.saved = None
         # on an xdist controller this sees every worker's reports too
-        self.collector.add(report)
+        if report.when != "setup" and report.when != "call":  # teardown, or a crashed worker's
+            self.collector.add(report)
 
     def _record(self, item: pytest.Item, variant: _Variant, test_report: pytest.TestReport) -> None:
-        """The variant's outcome over its phases, and at teardown its record on the report."""
-        variant.outcome = records.outcome(variant.outcome, test_report)
-        variant.duration += test_report.duration
+        """At teardown, the variant's record on its report (outcome and duration over its
+        setup, call and teardown reports)."""
         if test_report.when != "teardown":
+            variant.reports.append(test_report)
             return
         # pytest keeps every item until the session ends: drop what holds the test's arrays,
         # models and last call arguments now (the variant goes in the caller).
@@ -619,7 +619,11 @@ class PerTest:
         if not (variant.timings or (run is not None and run.records) or self.every_record):
             return  # nothing to show: a variant that called no compiled function
         record = records.variant_record(item.nodeid, run, variant.timings)
-        record["outcome"], record["duration"] = variant.outcome, variant.duration
+        outcome, duration = None, 0.0
+        for phase in (*variant.reports, test_report):
+            outcome = records.outcome(outcome, phase)
+            duration += phase.duration
+        record["outcome"], record["duration"] = outcome, duration
         test_report.user_properties.extend(records.junit_properties(record))
         # A report attribute travels from xdist workers to the controller: as JSON text there.
         test_report.mlx_record = json.dumps(record) if self.worker else record  # type: ignore[attr-defined]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -11,6 +12,9 @@ from pytest_mlxcompile.markers import MARKER, CompiledMarker, MarkerError, case_
 from pytest_mlxcompile.modes import Mode
 from pytest_mlxcompile.parity import Tolerance
 from pytest_mlxcompile.settings import Settings
+
+if TYPE_CHECKING:
+    from _pytest.nodes import Node
 
 __all__ = [
     "MODE_KEY",
@@ -54,7 +58,9 @@ def matrix_mode(item: pytest.Item) -> Mode | None:
     mode = callspec.params.get(MODE_PARAM) if callspec is not None else None
     if isinstance(mode, Mode):
         return mode
-    return item.stash[MODE_KEY] if MODE_KEY in item.stash else None  # noqa: SIM401 - .get raises inside on a miss
+    if type(item) is pytest.Function:  # only TestCase variants carry a MODE_KEY (P4: a stash
+        return None  # miss raises and catches a KeyError)
+    return item.stash.get(MODE_KEY, None)
 
 
 def _marker(node: pytest.Item | pytest.Function | pytest.Metafunc) -> CompiledMarker | None:
@@ -154,8 +160,29 @@ def check_cases(items: list[pytest.Item]) -> tuple[list[pytest.Item], list[pytes
     return kept, dropped
 
 
-#: ``plan``'s cache: (id of the marker, mode) -> (the marker, its plan), one per session
-PlanCache = dict[tuple[int, Mode], tuple[CompiledMarker, VariantPlan]]
+class PlanCache:
+    """What :func:`plan` keeps for one session (a plan depends on the settings too)."""
+
+    __slots__ = ("parents", "plans")
+
+    def __init__(self) -> None:
+        #: (id of the marker, mode) -> (the marker, its plan)
+        self.plans: dict[tuple[int, Mode], tuple[CompiledMarker, VariantPlan]] = {}
+        #: id of a node -> whether it or a parent carries the marker; nodes live as long as the
+        #: session, so their ids stay theirs
+        self.parents: dict[int, bool] = {}
+
+    def marked_above(self, node: Node | None) -> bool:
+        """Whether ``node`` or one of its parents (module, class, package) carries the marker."""
+        if node is None:
+            return False
+        known = self.parents.get(id(node))
+        if known is None:
+            known = any(m.name == MARKER for m in node.own_markers) or self.marked_above(
+                node.parent
+            )
+            self.parents[id(node)] = known
+        return known
 
 
 def plan(
@@ -169,7 +196,13 @@ def plan(
     """
     if not isinstance(item, pytest.Function):
         return None
-    marker = _marker(item)  # validated at collection already
+    if cache is None:
+        marker = _marker(item)
+    # the same answer without walking the keywords of every parent for every test (P4)
+    elif any(m.name == MARKER for m in item.own_markers) or cache.marked_above(item.parent):
+        marker = from_item(item, item.nodeid)  # validated at collection already
+    else:
+        marker = None
     mode = matrix_mode(item)
     if mode is None:
         if not _is_member(marker, item.fixturenames, settings):
@@ -178,8 +211,8 @@ def plan(
         mode = Mode.COMPILED if allowed is None or Mode.COMPILED in allowed else allowed[0]
     marker = marker or _NO_MARKER
     key = (id(marker), mode)
-    if cache is not None and key in cache:
-        return cache[key][1]
+    if cache is not None and key in cache.plans:
+        return cache.plans[key][1]
     made = VariantPlan(
         mode=mode,
         parity=marker.parity or settings.parity,
@@ -190,7 +223,7 @@ def plan(
         marker=marker,
     )
     if cache is not None:
-        cache[key] = (marker, made)  # the marker kept alive: its id stays its own
+        cache.plans[key] = (marker, made)  # the marker kept alive: its id stays its own
     return made
 
 
