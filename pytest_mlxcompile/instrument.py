@@ -49,11 +49,13 @@ __all__ = [
     "VariantRun",
     "activate",
     "active_run",
+    "check_compile_on",
     "current_transform",
     "detached",
     "install",
     "installed",
     "running_eagerly",
+    "start_later",
     "uninstall",
 ]
 
@@ -109,6 +111,34 @@ def installed() -> Patches | None:
 
 
 def active_run() -> VariantRun | None:
+    return _active if _pending is None else _current()
+
+
+#: A variant that starts on first use (start_later), and the thread of its test.
+_pending: Callable[[], VariantRun] | None = None
+_pending_thread = 0
+
+
+def start_later(make: Callable[[], VariantRun] | None) -> None:
+    """Let ``make`` build and start the test's variant when something first needs it: an
+    instrumented call, :func:`active_run`, a fixture. Most trivial tests never call compiled
+    code, and building a VariantRun for each costs a suite of them (benchmarks/run.py, P4).
+    ``None`` drops a variant that was never needed."""
+    global _pending, _pending_thread, _generation
+    _pending, _pending_thread = make, threading.get_ident()
+    _generation += 1
+    if make is not None and not _routed_now:
+        _route(True)
+
+
+def _current() -> VariantRun | None:
+    """The active variant, started now if it was pending: only from the test's thread (a
+    data loader's call runs outside the variant, as it would once started)."""
+    global _pending
+    make = _pending
+    if _active is None and make is not None and threading.get_ident() == _pending_thread:
+        _pending = None
+        make()  # starts it: _active is the new run
     return _active
 
 
@@ -188,11 +218,12 @@ def _routed_call(self: InstrumentedFunction, *args: Any, **kwargs: Any) -> Any:
 
 def _full_call(fn: InstrumentedFunction, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     __tracebackhide__ = True
-    run = _active
+    run = _active if _pending is None else _current()
     if run is None:
         # The variant ended and left the routed call in place (_set_active): the first call
         # after it puts the plain one back, for this and every later call outside a variant.
-        _route(False)
+        if _pending is None:
+            _route(False)
         return fn._plain(*args, **kwargs)
     return run.call(fn, args, kwargs)
 
@@ -204,7 +235,9 @@ def detached(mode: Mode) -> Iterator[None]:
     For timing. In eager mode nested instrumented functions run their plain Python (as in an
     [eager] variant); in compiled modes they run as declared, inlined into the caller's trace.
     """
-    saved, tls = _active, _tls
+    global _pending
+    saved, saved_pending, tls = _active, _pending, _tls
+    _pending = None  # a variant not started yet stays so: these calls are not the test's
     _set_active(
         VariantRun(Mode.EAGER, label="detached", parity="off") if mode is Mode.EAGER else None
     )
@@ -213,7 +246,10 @@ def detached(mode: Mode) -> Iterator[None]:
     try:
         yield
     finally:
+        _pending = saved_pending
         _set_active(saved)
+        if saved_pending is not None and not _routed_now:
+            _route(True)
         tls.depth, tls.eager = saved_depth, saved_eager
 
 
@@ -233,7 +269,8 @@ def install(mx: Any) -> None:
 
 
 def uninstall() -> None:
-    global _patches
+    global _patches, _pending
+    _pending = None
     if _active is not None:
         # a variant that never reached its teardown (pytest.exit, Ctrl-C): compiled functions
         # called after the session run as plain mx.compile again
@@ -287,7 +324,7 @@ def instrumented_compile(
     # mode-switched, but compiles made during a compiled variant are watched (their retraces
     # are real cost: nn.Upsample(mode="cubic") compiles fresh helpers on every call).
     if caller.f_globals.get("__name__", "").startswith("mlx."):
-        run = _active
+        run = active_run()
         if run is not None and run.mode.compiles and not _tls.eager:
             site = (caller.f_code.co_filename, caller.f_lineno)
             for observer in run.observers:
@@ -317,7 +354,7 @@ def activate(run: VariantRun | None) -> VariantRun | None:
 
     For budgets outside pytest (``max_recompiles``), which switch their own run in per call.
     """
-    previous = _active
+    previous = active_run()
     _set_active(run)
     return previous
 
@@ -329,7 +366,8 @@ def current_transform() -> str:
 
 def running_eagerly() -> bool:
     """True in an eager variant or an eager shadow run: Python bodies run without tracing."""
-    return _tls.eager or (_active is not None and _active.mode is Mode.EAGER)
+    run = active_run()
+    return _tls.eager or (run is not None and run.mode is Mode.EAGER)
 
 
 #: ``describe``'s "where" for a function with no Python source (``mx.exp``): the place of the
@@ -604,6 +642,19 @@ class FunctionRecord:
         return self.compiled(*args, **kwargs)
 
 
+def check_compile_on(mode: Mode) -> None:
+    """Raise CompileDisabledError when ``mode`` compiles and mx.compile would compile nothing."""
+    if not mode.compiles:
+        return
+    assert _patches is not None
+    reason = _patches.switch.off_reason()
+    if reason is not None:
+        raise CompileDisabledError(
+            f"mx.compile is switched off, so the [{mode}] variant would run eagerly "
+            f"and prove nothing: {reason}"
+        )
+
+
 class VariantRun:
     """Everything instrumented calls need during one test variant, active between start/stop."""
 
@@ -672,18 +723,14 @@ class VariantRun:
         return self._observers
 
     # lifecycle -------------------------------------------------------------------------------
-    def start(self) -> None:
-        """Make this the active variant; compiled modes first check that compile is really on."""
+    def start(self, *, checked: bool = False) -> None:
+        """Make this the active variant; compiled modes first check that compile is really on
+        (``checked``: the caller did, at the test's start; a switch flipped since is the call's
+        to report, naming itself)."""
         _set_active(self)
         self._thread = threading.get_ident()
-        if self.mode.compiles:
-            assert _patches is not None
-            reason = _patches.switch.off_reason()
-            if reason is not None:
-                raise CompileDisabledError(
-                    f"mx.compile is switched off, so the [{self.mode}] variant would run eagerly "
-                    f"and prove nothing: {reason}"
-                )
+        if not checked:
+            check_compile_on(self.mode)
 
     def stop(self) -> None:
         """Deactivate and drop the compiled wrappers (their MLX cache entries go with them)."""

@@ -430,9 +430,11 @@ class _Variant:
     """What the plugin keeps about one test it runs: a member of the matrix (``run``), or a test
     that uses ``mlx_benchmark`` (``timings``)."""
 
-    __slots__ = ("coverage", "emitter", "last", "reports", "run", "timings")
+    __slots__ = ("coverage", "emitter", "last", "plan", "reports", "run", "timings")
 
-    def __init__(self) -> None:
+    def __init__(self, plan: variants.VariantPlan | None = None) -> None:
+        self.plan = plan
+        #: started on first use (instrument.start_later): None while the test has not needed it
         self.run: instrument.VariantRun | None = None
         self.last: timing.LastCalls | None = None
         self.timings: list[timing.FunctionTiming] = []
@@ -503,28 +505,42 @@ class PerTest:
         return result
 
     def _start(self, item: pytest.Item) -> None:
-        chosen = self.chosen
-        plan = variants.plan(item, chosen, self.plans)
+        plan = variants.plan(item, self.chosen, self.plans)
         if plan is None:
             return
         _mlx.core()  # loading mlx.core applies the patch
-        self.variant = variant = _Variant()
+        self.variant = variant = _Variant(plan)
         if self.cov_context:
             variant.coverage = cov = _coverage()
             coverage_context.switch(cov, _cov_context(item, plan.mode))
+        instrument.check_compile_on(plan.mode)
+        # built when the test first needs it: most trivial tests never call compiled code
+        instrument.start_later(lambda: self._run(item, variant))
+
+    def _run(self, item: pytest.Item, variant: _Variant) -> instrument.VariantRun:
+        plan = variant.plan
+        assert plan is not None
         hook, tolerance = _tolerance_hook(item), plan.tolerance
         run = instrument.VariantRun(
             plan.mode,
             label=item.nodeid,
             parity=plan.parity,
             tolerance=tolerance if hook is None else dataclasses.replace(tolerance, hook=hook),
-            # built on the first instrumented call: most trivial tests never make one
+            # built on the first instrumented call
             observers=lambda: _observers(item, plan, variant),
-            max_check_bytes=chosen.max_check_bytes,
+            max_check_bytes=self.chosen.max_check_bytes,
         )
         variant.run = run
         item.stash[run_key] = run  # for conftest code that inspects a variant's records
-        run.start()
+        run.start(checked=True)  # at the test's start (_start)
+        return run
+
+    def run_of(self, item: pytest.Item) -> instrument.VariantRun | None:
+        """The test's VariantRun, started now if it was not yet (a fixture asks for it)."""
+        variant = self.variant_of(item)
+        if variant is not None and variant.run is None and variant.plan is not None:
+            instrument.active_run()  # starts the pending variant
+        return variant.run if variant is not None else None
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_call(self, item: pytest.Item) -> Generator[None]:
@@ -532,14 +548,13 @@ class PerTest:
         variant = self.variant if self.item is item else None
         if variant is None:
             return (yield)  # not the plugin's test: nothing to do
-        run = variant.run
         try:
             result = yield
         except ParityError as exc:
             self._parity_failed(exc)
             raise
         except RuntimeError as exc:
-            backend = _mlx.missing_backend(exc) if run is not None else None
+            backend = _mlx.missing_backend(exc) if variant.plan is not None else None
             if backend is None:
                 raise
             skip = pytest.skip.Exception(
@@ -551,6 +566,7 @@ class PerTest:
         # Only a passed test gets here: its shapeless graphs are probed at other sizes (a
         # failure of this phase), and it is timed (a failed one is not: its last call may be
         # what broke).
+        run = variant.run  # None: the test needed no variant (it called no compiled code)
         if run is not None and run.built_observers:  # none built: no compiled call was made
             shapeless_probe.check(run)
         timings = variant.timings
@@ -587,6 +603,8 @@ class PerTest:
             try:
                 if run is not None:
                     run.stop()  # may raise: checks that run at the end (shapeless probe) do
+                elif variant is not None and variant.plan is not None:
+                    instrument.start_later(None)  # a variant nothing needed
             finally:
                 if variant is not None and variant.coverage is not None:
                     coverage_context.switch(variant.coverage, "")
@@ -786,8 +804,9 @@ def mlx_benchmark(request: pytest.FixtureRequest) -> timing.Benchmark:
 @pytest.fixture
 def mlx_mode(request: pytest.FixtureRequest) -> Mode:
     """The mode of the current test variant (a ``Mode``; ``Mode.COMPILED == "compiled"``)."""
-    run = request.node.stash.get(run_key, None)
-    return run.mode if run is not None else Mode.EAGER
+    variant = request.config.stash[per_test_key].variant_of(request.node)
+    plan = variant.plan if variant is not None else None
+    return plan.mode if plan is not None else Mode.EAGER
 
 
 @pytest.fixture
@@ -802,4 +821,4 @@ def mlx_recompiles(request: pytest.FixtureRequest) -> recompiles.RecompileCounte
     """Trace counts and histories of compiled functions in this test variant, and budgets:
     ``mlx_recompiles.count(fn)``, ``.history(fn)``, ``with mlx_recompiles.budget(n, fn=None):``,
     ``with mlx_recompiles.allow():`` (accept retraces of code you cannot change)."""
-    return recompiles.RecompileCounter(request.node.stash.get(run_key, None))
+    return recompiles.RecompileCounter(request.config.stash[per_test_key].run_of(request.node))

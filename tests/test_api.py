@@ -15,6 +15,27 @@ def test_importing_the_package_and_plugin_does_not_import_mlx():
     assert out.stdout.strip() == "[]"
 
 
+def test_loading_the_plugin_leaves_the_checks_timings_and_reports_unimported_until_used():
+    # a suite that never calls a compiled function pays only for what runs every test
+    code = (
+        "import sys, pytest_mlxcompile, pytest_mlxcompile.plugin, mlx.core; "
+        "print(sorted(m for m in sys.modules if m.startswith('pytest_mlxcompile.')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    loaded = set(eval(out.stdout))
+    assert "pytest_mlxcompile.instrument" in loaded  # mx.compile is patched as MLX loads
+    lazy = {"report", "timing", "recompiles", "sanitize", "shapeless_probe", "budget", "api"}
+    assert loaded.isdisjoint(f"pytest_mlxcompile.{name}" for name in lazy), sorted(loaded)
+
+
+def test_the_lazily_imported_public_names_resolve():
+    import pytest_mlxcompile
+
+    assert callable(pytest_mlxcompile.max_recompiles)
+    assert callable(pytest_mlxcompile.assert_compile_parity)
+    assert "max_recompiles" in pytest_mlxcompile.__all__
+
+
 def test_mode_is_a_string_enum():
     from pytest_mlxcompile import Mode
 

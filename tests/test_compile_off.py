@@ -55,3 +55,41 @@ def test_no_gxx_on_path_errors_the_compiled_variants_on_the_cpu_backend(
             "there is no g++ on PATH, so MLX skips compilation. Fix: install g++*",
         ]
     )
+
+
+def test_compile_switched_off_behind_mx_is_caught_at_the_next_retrace(pytester, run):
+    # The check at the start of a variant runs once per session while nobody flips the switch
+    # through mx; a flip that bypasses mx (a reference to MLX's own function) shows when the
+    # body runs again for a call it had traced.
+    pytester.makepyfile(
+        """
+        import mlx.core as mx
+        import pytest
+        from pytest_mlxcompile import instrument
+
+        REAL = instrument.installed().originals
+
+        @pytest.mark.compiled(parity="off")
+        def test_first():
+            mx.compile(lambda x: x + 1)(mx.ones(2))
+
+        @pytest.mark.compiled(parity="off")
+        def test_switched_off_behind_mx():
+            f = mx.compile(lambda x: x * 2)
+            f(mx.ones(2))
+            REAL["disable_compile"]()
+            try:
+                f(mx.ones(2))
+            finally:
+                REAL["enable_compile"]()
+        """
+    )
+    result = run("-v")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*::test_first PASSED*",
+            "E *CompileDisabledError: *<lambda> [[]compiled[]] call 2: mx.compile is switched "
+            "off, so this call runs eagerly: mx.disable_compile() is in effect*",
+        ]
+    )

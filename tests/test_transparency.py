@@ -294,6 +294,36 @@ def test_calls_from_other_threads_run_as_declared_without_checks(pytester, run):
     run("--mlx-compile-matrix").assert_outcomes(passed=3)
 
 
+def test_a_trace_from_another_thread_on_the_fast_path_runs_unobserved_and_is_not_counted(
+    pytester, run
+):
+    pytester.makepyfile(
+        """
+        import threading
+        import mlx.core as mx
+        import pytest
+
+        @mx.compile
+        def double(x):
+            return x * 2
+
+        @pytest.mark.compiled(parity="off", max_recompiles=0)
+        def test_loader_thread(mlx_recompiles):
+            double(mx.ones(4))
+            double(mx.ones(4))  # a cache hit: later ones take the fast path
+            seen = []
+            loader = threading.Thread(target=lambda: seen.append(double(mx.ones(8)).shape))
+            loader.start()
+            loader.join()
+            assert seen == [(8,)]
+            double(mx.ones(4))
+            assert mlx_recompiles.count(double) == 1
+        """
+    )
+    # sanitizer off: no check watches cache hits, so the thread's call takes the fast path
+    run("-v", "--mlx-sanitize=off").assert_outcomes(passed=1)
+
+
 def test_a_finished_test_does_not_keep_its_compiled_functions_alive(pytester, run):
     pytester.makepyfile(
         """
