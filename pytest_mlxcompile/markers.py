@@ -141,8 +141,9 @@ def closest(node: pytest.Item | pytest.Function) -> pytest.Mark | None:
     """The marker that applies to ``node``: a parametrize case's own
     (``pytest.param(..., marks=pytest.mark.compiled(...))``) before the function's, class's or
     module's (pytest's ``get_closest_marker`` puts the function's first)."""
-    callspec = getattr(node, "callspec", None)
-    for mark in getattr(callspec, "marks", ()):
+    # vars(): a test without parameters has no callspec, and getattr's miss raises inside
+    callspec = vars(node).get("callspec")
+    for mark in callspec.marks if callspec is not None else ():
         if isinstance(mark, pytest.Mark) and mark.name == MARKER:
             return mark
     # get_closest_marker's order (the node's own markers, then its parents'), without the

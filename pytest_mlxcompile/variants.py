@@ -139,7 +139,7 @@ def check_cases(items: list[pytest.Item]) -> tuple[list[pytest.Item], list[pytes
     kept: list[pytest.Item] = []
     dropped: list[pytest.Item] = []
     for item in items:
-        callspec = getattr(item, "callspec", None)
+        callspec = vars(item).get("callspec")
         if callspec is None or not any(m.name == MARKER for m in callspec.marks):
             kept.append(item)
             continue
