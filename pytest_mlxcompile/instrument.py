@@ -21,9 +21,9 @@ import warnings
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pytest_mlxcompile import _mlx, locations, shadow
+from pytest_mlxcompile import _mlx, locations
 from pytest_mlxcompile.budget_bytes import estimate_bytes, format_bytes
 from pytest_mlxcompile.compile_switch import CompileSwitch
 from pytest_mlxcompile.errors import (
@@ -40,6 +40,18 @@ from pytest_mlxcompile.parity import (
     first_unevaluable,
 )
 from pytest_mlxcompile.state import capture, restore, structure
+
+if TYPE_CHECKING:
+    from pytest_mlxcompile import shadow
+
+
+def _shadow() -> Any:
+    """The parity shadow's module, loaded with the first check that needs it (not with the
+    plugin: benchmarks/run.py, P4). Typed Any: callers use it as ``shadow``."""
+    from pytest_mlxcompile import shadow
+
+    return shadow
+
 
 __all__ = [
     "CompileDisabledError",
@@ -756,10 +768,12 @@ class VariantRun:
             self.observers = ()
         self._make_observers = None  # never built: never will be
         self._record_of.clear()
+        shadow = sys.modules.get("pytest_mlxcompile.shadow")  # not loaded: it kept nothing
         for record in self.records.values():
             record.compiled = None
             record.body = _finished_body
-            shadow.forget_slots(record)
+            if shadow is not None:
+                shadow.forget_slots(record)
 
     def _record_for(self, fn: InstrumentedFunction) -> FunctionRecord:
         key = (id(fn.fun), id(fn.inputs), id(fn.outputs), fn.shapeless)
@@ -912,7 +926,7 @@ class VariantRun:
         __tracebackhide__ = True
         fn = record.fn
         if traced:
-            shadow.forget_slots(record)
+            _shadow().forget_slots(record)
         if isinstance(out, types.GeneratorType):
             raise ParityError(_generator_message(record, self.mode))
         after = [(name, capture(tree)) for name, tree in fn.state_roots()]
@@ -924,11 +938,11 @@ class VariantRun:
             record._check_next = True
             return
         record._check_next = False
-        slots = shadow.reachable_slots(record, args, kwargs)
+        slots = _shadow().reachable_slots(record, args, kwargs)
         if self._over_budget(record, args, kwargs, out, slots):
             return
-        run = shadow.Shadow(fn.fun, args, kwargs)
-        declared = shadow.declared_snapshots(before)
+        run = _shadow().Shadow(fn.fun, args, kwargs)
+        declared = _shadow().declared_snapshots(before)
         tls = _tls
         tls.depth += 1
         tls.eager = True
@@ -1085,7 +1099,7 @@ class VariantRun:
     ) -> str:
         fn = record.fn
         first = changes[0]
-        label = shadow.argument_label(fn.fun, first.index) + (
+        label = _shadow().argument_label(fn.fun, first.index) + (
             f" at {first.subpath}" if first.subpath else ""
         )
         lines = [
@@ -1094,7 +1108,7 @@ class VariantRun:
             "the new value)",
         ]
         for change in changes:
-            place = shadow.argument_label(fn.fun, change.index) + change.subpath
+            place = _shadow().argument_label(fn.fun, change.index) + change.subpath
             lines.append(f"  {place}: {change.verb} in place{change.detail}")
         lines += [
             f"  where: {fn.name} defined at {fn.where}",

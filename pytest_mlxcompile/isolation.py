@@ -45,11 +45,13 @@ class GlobalState:
         patches = instrument.installed() if instrument is not None else None
         if patches is not None and patches.switch.touched:
             patches.switch.restore()
-        device = self.device
-        if mx.default_device() != device:
-            mx.set_default_device(device)
-        if mx.default_stream(device) != self.stream:
-            mx.set_default_stream(self.stream)
+        # One comparison in the common case: another device, or another default stream of
+        # this one, gives another stream here.
+        if mx.default_stream(mx.default_device()) != self.stream:
+            if mx.default_device() != self.device:
+                mx.set_default_device(self.device)
+            if mx.default_stream(self.device) != self.stream:
+                mx.set_default_stream(self.stream)
         keys = self.keys
         # Every change of the key (a random call, a seed, a compile that writes a tracer into
         # it) puts a new array object in the list: the same object as before the test is the

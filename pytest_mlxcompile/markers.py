@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
 
@@ -65,6 +64,8 @@ class CompiledMarker:
         values: dict[str, Any] = {}
         for key, value in mark.kwargs.items():
             if key not in known:
+                import difflib  # only for this message: not loaded with the plugin
+
                 close = difflib.get_close_matches(key, known, n=1)
                 hint = f"; did you mean {close[0]!r}?" if close else ""
                 raise MarkerError(
