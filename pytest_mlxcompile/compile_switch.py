@@ -41,7 +41,7 @@ class CompileSwitch:
         self.switched_at: str = ""
         self.touched = False
         self._baseline: bool | None = None
-        self._kept: tuple[Callable[..., Any], Any, list[int]] | None = None
+        self._kept: tuple[Callable[..., Any], Any, list[int], Any] | None = None
         #: compile was found on, and nobody flipped the switch through ``mx`` since
         self._verified = False
 
@@ -84,20 +84,29 @@ class CompileSwitch:
                 runs[0] += 1
                 return x * 2
 
-            x = _mlx.core().ones((2,))
+            mx = _mlx.core()
+            x = mx.ones((2,))
             compiled = self._real_compile(body)
             compiled(x)
             compiled(x)
             if runs[0] != 1:
                 return False
-            self._kept = (compiled, x, runs)
-        compiled, x, runs = self._kept
-        before = runs[0]
-        compiled(x)  # lazy: a cache hit runs nothing, not even a kernel
-        if runs[0] == before:
+            self._kept = (compiled, x, runs, mx.default_stream(mx.default_device()))
+        if self._kept_hits():
             return True
         self._kept = None
         return False
+
+    def _kept_hits(self) -> bool:
+        """Whether the kept probe's call is a cache hit. On the stream it was traced on: MLX
+        keeps a compiled function's graphs per stream, and on another one (a test's
+        ``mx.stream(...)``) the body would run again with compile on."""
+        assert self._kept is not None
+        compiled, x, runs, stream = self._kept
+        before = runs[0]
+        with _mlx.core().stream(stream):
+            compiled(x)  # lazy: a cache hit runs nothing, not even a kernel
+        return runs[0] == before
 
     def baseline_on(self) -> bool:
         """Whether compile worked before any test flipped the switch (probed once)."""
@@ -129,15 +138,9 @@ class CompileSwitch:
         """Whether compile, found on before, is off now: the kept probe's body runs again.
 
         Cheap (one cached call, no evaluation, safe inside a trace: its argument is no
-        tracer), for every retrace. False when nothing was verified.
+        tracer), for every trace of an instrumented function. False when nothing was verified.
         """
-        kept = self._kept
-        if not self._verified or kept is None:
-            return False
-        compiled, x, runs = kept
-        before = runs[0]
-        compiled(x)
-        if runs[0] == before:
+        if not self._verified or self._kept is None or self._kept_hits():
             return False
         self._kept, self._verified = None, False
         return True

@@ -137,6 +137,11 @@ def start_later(make: Callable[[], VariantRun] | None) -> None:
     code, and building a VariantRun for each costs a suite of them (benchmarks/run.py, P4).
     ``None`` drops a variant that was never needed."""
     global _pending, _pending_thread, _generation
+    if make is not None and _active is not None:
+        # a variant is running (a test that runs pytest in-process): start this one now, as
+        # it would have started before the first call anyway, so that it takes over
+        make()
+        return
     _pending, _pending_thread = make, threading.get_ident()
     _generation += 1
     if make is not None and not _routed_now:
@@ -619,7 +624,8 @@ class FunctionRecord:
                 # test's, and observers belong to the test's thread
                 return fun(*args, **kwargs)
             record.traces += 1
-            if record.traces > 1 and switch.off_since_verified():
+            # every trace: with compile off (a flip that bypassed mx), every call is one
+            if switch.off_since_verified():
                 raise CompileDisabledError(
                     f"{record.fn.name} [{mode}] call {record.calls}: mx.compile is switched off, "
                     f"so this call runs eagerly: {switch.why_off()}"

@@ -547,7 +547,13 @@ class PerTest:
         __tracebackhide__ = True  # a failed shapeless probe reports without our frames
         variant = self.variant if self.item is item else None
         if variant is None:
-            return (yield)  # not the plugin's test: nothing to do
+            result = yield
+            # not the plugin's test, unless its body asked for mlx_benchmark
+            # (request.getfixturevalue)
+            if self.variant is None or self.item is not item:
+                return result
+            self._after_call(item, self.variant)
+            return result
         try:
             result = yield
         except ParityError as exc:
@@ -563,6 +569,11 @@ class PerTest:
             )
             # keep the kernel call's traceback, so the skip points at the user's line
             raise skip.with_traceback(exc.__traceback__) from None
+        self._after_call(item, variant)
+        return result
+
+    def _after_call(self, item: pytest.Item, variant: _Variant) -> None:
+        __tracebackhide__ = True
         # Only a passed test gets here: its shapeless graphs are probed at other sizes (a
         # failure of this phase), and it is timed (a failed one is not: its last call may be
         # what broke).
@@ -578,7 +589,6 @@ class PerTest:
                 emit("timing", entry.to_json())
         if self.config.stash[baseline_key] is not None:
             _gate(item, timings)
-        return result
 
     def _parity_failed(self, exc: ParityError) -> None:
         emitter = self.variant.emitter if self.variant is not None else None
@@ -636,7 +646,10 @@ class PerTest:
         run = variant.run
         if not (variant.timings or (run is not None and run.records) or self.every_record):
             return  # nothing to show: a variant that called no compiled function
-        record = records.variant_record(item.nodeid, run, variant.timings)
+        plan = variant.plan
+        record = records.variant_record(
+            item.nodeid, run, variant.timings, plan.mode if plan is not None else None
+        )
         outcome, duration = None, 0.0
         for phase in (*variant.reports, test_report):
             outcome = records.outcome(outcome, phase)

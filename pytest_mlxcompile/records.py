@@ -28,7 +28,10 @@ _EXTRA_LISTS = ("recompiles", "diagnoses", "notes")
 
 
 def variant_record(
-    nodeid: str, run: VariantRun | None, timings: Sequence[FunctionTiming]
+    nodeid: str,
+    run: VariantRun | None,
+    timings: Sequence[FunctionTiming],
+    mode: object = None,
 ) -> dict[str, Any]:
     """What one test variant did, in plain JSON types (the outcome is filled in later)."""
     functions = []
@@ -47,7 +50,8 @@ def variant_record(
         functions.append(entry)
     return {
         "nodeid": nodeid,
-        "mode": None if run is None else str(run.mode),
+        # a variant that never started (it called no compiled code) still has its mode
+        "mode": str(run.mode) if run is not None else (None if mode is None else str(mode)),
         "outcome": None,
         "duration": 0.0,
         "functions": functions,

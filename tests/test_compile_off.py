@@ -93,3 +93,70 @@ def test_compile_switched_off_behind_mx_is_caught_at_the_next_retrace(pytester, 
             "off, so this call runs eagerly: mx.disable_compile() is in effect*",
         ]
     )
+
+
+def test_compile_switched_off_behind_mx_by_an_earlier_test_is_caught_at_the_first_trace(
+    pytester, run
+):
+    pytester.makepyfile(
+        """
+        import mlx.core as mx
+        import pytest
+        from pytest_mlxcompile import instrument
+
+        REAL = instrument.installed().originals
+
+        @mx.compile
+        def f(x):
+            return x * 2 + 1
+
+        @pytest.mark.compiled
+        def test_a_switches_compile_off():
+            mx.eval(f(mx.ones((2,))))
+            REAL["disable_compile"]()  # a reference kept from before the plugin loaded
+
+        @pytest.mark.compiled
+        def test_b_calls_once():
+            try:
+                mx.eval(f(mx.ones((2,))))
+            finally:
+                REAL["enable_compile"]()
+        """
+    )
+    result = run("-v")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*::test_a_switches_compile_off PASSED*",
+            "E *CompileDisabledError: f [[]compiled[]] call 1: mx.compile is switched off, so "
+            "this call runs eagerly*",
+        ]
+    )
+
+
+def test_a_retrace_on_another_stream_is_not_mistaken_for_compile_switched_off(pytester, run):
+    # MLX keeps a compiled function's graphs per stream: the plugin's own probe is asked on
+    # the stream it was traced on
+    pytester.makepyfile(
+        """
+        import mlx.core as mx
+        import pytest
+
+        @mx.compile
+        def f(x):
+            return x * 2 + 1
+
+        @pytest.mark.compiled
+        def test_first():
+            mx.eval(f(mx.ones((2,))))
+
+        @pytest.mark.compiled
+        def test_on_a_new_stream():
+            with mx.stream(mx.new_stream(mx.cpu)):
+                mx.eval(f(mx.ones((2,))))
+                mx.eval(f(mx.ones((3,))))
+        """
+    )
+    result = run("-v", "--mlx-compile-matrix")
+    result.assert_outcomes(passed=6)
+    result.stdout.no_fnmatch_line("*CompileDisabledError*")

@@ -79,6 +79,23 @@ def test_the_json_report_validates_against_the_documented_schema(pytester, run):
     assert (bench["mode"], bench["timings"][0]["source"]) == (None, "benchmark")
 
 
+def test_a_variant_that_called_no_compiled_code_keeps_its_mode_in_the_json_report(pytester, run):
+    pytester.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.compiled
+        def test_calls_nothing():
+            pass
+        """
+    )
+    run("--mlx-compile-matrix", "--mlx-report-json=out.json").assert_outcomes(passed=3)
+    tests = json.loads((pytester.path / "out.json").read_text())["tests"]
+    modes = {t["nodeid"].rsplit("[", 1)[1].rstrip("]"): t["mode"] for t in tests}
+    assert modes == {"eager": "eager", "compiled": "compiled", "shapeless": "shapeless"}
+    assert all(t["functions"] == [] and t["outcome"] == "passed" for t in tests)
+
+
 def test_the_json_report_creates_missing_parent_folders(pytester, run):
     pytester.makepyfile(SUITE)
     run("--mlx-report-json=reports/ci/mlx.json")
