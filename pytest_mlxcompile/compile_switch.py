@@ -126,7 +126,7 @@ class CompileSwitch:
         # _verified): a call into MLX per test variant costs ~50 us in a suite, where its
         # caches are cold (benchmarks/run.py, P4). A flip that bypasses mx (a reference to
         # the real function kept from before the plugin loaded, a default device that cannot
-        # compile) shows as a retrace, which asks off_since_verified.
+        # compile) runs the body at every call: each is a trace, which asks off_since_verified.
         if self._verified:
             return None
         if self._still_on() or self.probe():
