@@ -235,7 +235,7 @@ def _routed_call(self: InstrumentedFunction, *args: Any, **kwargs: Any) -> Any:
 
 def _full_call(fn: InstrumentedFunction, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     __tracebackhide__ = True
-    run = _active if _pending is None else _current()
+    run = active_run()
     if run is None:
         # The variant ended and left the routed call in place (_set_active): the first call
         # after it puts the plain one back, for this and every later call outside a variant.
@@ -466,7 +466,7 @@ class InstrumentedFunction:
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         # Never runs: _route makes __call__ a property that hands back _plain (no variant
-        # active) or _routed_call (one is).
+        # active), or _routed_call itself (one is, or was last).
         return _routed_call(self, *args, **kwargs)
 
     def __repr__(self) -> str:
@@ -931,8 +931,9 @@ class VariantRun:
         """
         __tracebackhide__ = True
         fn = record.fn
+        shadow = _shadow()
         if traced:
-            _shadow().forget_slots(record)
+            shadow.forget_slots(record)
         if isinstance(out, types.GeneratorType):
             raise ParityError(_generator_message(record, self.mode))
         after = [(name, capture(tree)) for name, tree in fn.state_roots()]
@@ -944,11 +945,11 @@ class VariantRun:
             record._check_next = True
             return
         record._check_next = False
-        slots = _shadow().reachable_slots(record, args, kwargs)
+        slots = shadow.reachable_slots(record, args, kwargs)
         if self._over_budget(record, args, kwargs, out, slots):
             return
-        run = _shadow().Shadow(fn.fun, args, kwargs)
-        declared = _shadow().declared_snapshots(before)
+        run = shadow.Shadow(fn.fun, args, kwargs)
+        declared = shadow.declared_snapshots(before)
         tls = _tls
         tls.depth += 1
         tls.eager = True
@@ -1103,9 +1104,9 @@ class VariantRun:
     def _argument_message(
         self, record: FunctionRecord, changes: list[shadow.ArgumentChange]
     ) -> str:
-        fn = record.fn
+        fn, shadow = record.fn, _shadow()
         first = changes[0]
-        label = _shadow().argument_label(fn.fun, first.index) + (
+        label = shadow.argument_label(fn.fun, first.index) + (
             f" at {first.subpath}" if first.subpath else ""
         )
         lines = [
@@ -1114,7 +1115,7 @@ class VariantRun:
             "the new value)",
         ]
         for change in changes:
-            place = _shadow().argument_label(fn.fun, change.index) + change.subpath
+            place = shadow.argument_label(fn.fun, change.index) + change.subpath
             lines.append(f"  {place}: {change.verb} in place{change.detail}")
         lines += [
             f"  where: {fn.name} defined at {fn.where}",

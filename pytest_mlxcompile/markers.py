@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from _pytest.nodes import Node
 
 __all__ = [
+    "BARE",
     "MARKER",
     "MARKER_HELP",
     "CompiledMarker",
@@ -53,7 +54,7 @@ class CompiledMarker:
     @classmethod
     def from_mark(cls, mark: pytest.Mark, test: str) -> CompiledMarker:
         if not mark.args and not mark.kwargs:
-            return _BARE  # a bare @pytest.mark.compiled: nothing to validate
+            return BARE  # a bare @pytest.mark.compiled: nothing to validate
         where = f"@pytest.mark.compiled on {test}"
         if mark.args:
             raise MarkerError(
@@ -80,8 +81,9 @@ class CompiledMarker:
         return cls(**values)
 
 
-#: ``@pytest.mark.compiled`` without arguments (frozen: one is shared)
-_BARE = CompiledMarker()
+#: ``@pytest.mark.compiled`` without arguments, and the settings of a test the matrix covers
+#: without a marker (frozen: one is shared)
+BARE = CompiledMarker()
 
 
 def _modes(value: object, source: str) -> tuple[Mode, ...]:

@@ -320,13 +320,20 @@ def _observers(
     return observers
 
 
+def _item_hook(item: pytest.Item, name: str, builtin: int = 0) -> Any:
+    """The item's hook ``name`` when an implementation beyond the plugin's ``builtin`` ones
+    hears of this test, else None. The session's hook (conftest files' included) is asked
+    first: a run without one never builds the item's hook proxy, which costs microseconds per
+    test."""
+    if len(getattr(item.config.hook, name).get_hookimpls()) <= builtin:
+        return None
+    hook = getattr(item.ihook, name)
+    return hook if len(hook.get_hookimpls()) > builtin else None
+
+
 def _has_record_hook(item: pytest.Item) -> bool:
-    """Whether a pytest_mlxcompile_record implementation hears of this test. The session's hook
-    (conftest files' included) is asked first: a run without one never builds the item's hook
-    proxy, which costs microseconds per test."""
-    if not item.config.hook.pytest_mlxcompile_record.get_hookimpls():
-        return False
-    return bool(item.ihook.pytest_mlxcompile_record.get_hookimpls())
+    """Whether a pytest_mlxcompile_record implementation hears of this test."""
+    return _item_hook(item, "pytest_mlxcompile_record") is not None
 
 
 def _emit_to(item: pytest.Item) -> record_hook.Emit:
@@ -346,11 +353,8 @@ def _cov_context(item: pytest.Item, mode: Mode) -> str:
 def _tolerance_hook(item: pytest.Item) -> Callable[..., tuple[float, float] | None] | None:
     """What parity asks for a tolerance; None when only the built-in answer is there (then a
     parity check pays nothing for the hook)."""
-    # the session's hook first (see _has_record_hook): only the built-in answer, most often
-    if len(item.config.hook.pytest_mlxcompile_tolerance.get_hookimpls()) <= 1:
-        return None
-    hook = item.ihook.pytest_mlxcompile_tolerance
-    if len(hook.get_hookimpls()) <= 1:
+    hook = _item_hook(item, "pytest_mlxcompile_tolerance", builtin=1)
+    if hook is None:
         return None
 
     def ask(

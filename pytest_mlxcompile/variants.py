@@ -8,7 +8,14 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from pytest_mlxcompile.markers import MARKER, CompiledMarker, MarkerError, case_marked, from_item
+from pytest_mlxcompile.markers import (
+    BARE,
+    MARKER,
+    CompiledMarker,
+    MarkerError,
+    case_marked,
+    from_item,
+)
 from pytest_mlxcompile.modes import Mode
 from pytest_mlxcompile.parity import Tolerance
 from pytest_mlxcompile.settings import Settings
@@ -168,26 +175,24 @@ class PlanCache:
     def __init__(self) -> None:
         #: (id of the marker, mode) -> (the marker, its plan)
         self.plans: dict[tuple[int, Mode], tuple[CompiledMarker, VariantPlan]] = {}
-        #: id of a node -> whether it or a parent carries the marker; nodes live as long as the
-        #: session, so their ids stay theirs
+        #: id of a node (a class, a module) -> whether it or a parent carries the marker;
+        #: nodes live as long as the session, so their ids stay theirs
         self.parents: dict[int, bool] = {}
 
-    def marked_above(self, node: Node | None) -> bool:
-        """Whether ``node`` or one of its parents (module, class, package) carries the marker."""
+    def marked(self, node: Node | None) -> bool:
+        """Whether ``node`` or one of its parents (class, module, package) carries the marker:
+        what ``_marker``'s keywords test tells, without walking every parent's keywords for
+        every test (benchmarks/run.py, P4)."""
         if node is None:
             return False
         known = self.parents.get(id(node))
         if known is None:
-            known = any(m.name == MARKER for m in node.own_markers) or self.marked_above(
-                node.parent
-            )
+            known = any(m.name == MARKER for m in node.own_markers) or self.marked(node.parent)
             self.parents[id(node)] = known
         return known
 
 
-def plan(
-    item: pytest.Item, settings: Settings, cache: PlanCache | None = None
-) -> VariantPlan | None:
+def plan(item: pytest.Item, settings: Settings, cache: PlanCache) -> VariantPlan | None:
     """The mode and checks for this test, or None when the plugin leaves it alone.
 
     Asked for every test, so a test the plugin leaves alone is ruled out with a few dict
@@ -196,10 +201,8 @@ def plan(
     """
     if not isinstance(item, pytest.Function):
         return None
-    if cache is None:
-        marker = _marker(item)
-    # the same answer without walking the keywords of every parent for every test (P4)
-    elif any(m.name == MARKER for m in item.own_markers) or cache.marked_above(item.parent):
+    # the item's own markers here, its parents' from the cache (the item is asked once)
+    if any(m.name == MARKER for m in item.own_markers) or cache.marked(item.parent):
         marker = from_item(item, item.nodeid)  # validated at collection already
     else:
         marker = None
@@ -209,9 +212,9 @@ def plan(
             return None
         allowed = marker.modes if marker is not None and marker.modes else None
         mode = Mode.COMPILED if allowed is None or Mode.COMPILED in allowed else allowed[0]
-    marker = marker or _NO_MARKER
+    marker = marker or BARE
     key = (id(marker), mode)
-    if cache is not None and key in cache.plans:
+    if key in cache.plans:
         return cache.plans[key][1]
     made = VariantPlan(
         mode=mode,
@@ -222,9 +225,5 @@ def plan(
         ),
         marker=marker,
     )
-    if cache is not None:
-        cache.plans[key] = (marker, made)  # the marker kept alive: its id stays its own
+    cache.plans[key] = (marker, made)  # the marker kept alive: its id stays its own
     return made
-
-
-_NO_MARKER = CompiledMarker()

@@ -57,10 +57,10 @@ def test_no_gxx_on_path_errors_the_compiled_variants_on_the_cpu_backend(
     )
 
 
-def test_compile_switched_off_behind_mx_is_caught_at_the_next_retrace(pytester, run):
+def test_compile_switched_off_behind_mx_is_caught_at_the_next_trace(pytester, run):
     # The check at the start of a variant runs once per session while nobody flips the switch
-    # through mx; a flip that bypasses mx (a reference to MLX's own function) shows when the
-    # body runs again for a call it had traced.
+    # through mx; a flip that bypasses mx (a reference to MLX's own function) shows at the next
+    # trace, and with compile off every call runs the body.
     pytester.makepyfile(
         """
         import mlx.core as mx
