@@ -113,15 +113,20 @@ def code_names(code: types.CodeType, *, reads_only: bool = False) -> frozenset[s
     return frozenset(names)
 
 
+def instrumented(value: object) -> bool:
+    """Whether ``value`` is what the patched ``mx.compile`` returned (without importing it)."""
+    return getattr(type(value), "_mlxcompile_instrumented", False) is True
+
+
 def unwrap(fun: object) -> tuple[Any, object | None, tuple[Any, ...]]:
     """``(python function, bound self or None, partial args)`` behind a callable."""
     partial_args: tuple[Any, ...] = ()
     for _ in range(8):
-        if isinstance(fun, functools.partial):
+        if instrumented(fun):
+            fun = fun.fun  # type: ignore[attr-defined]
+        elif isinstance(fun, functools.partial):
             partial_args = (*fun.args, *fun.keywords.values(), *partial_args)
             fun = fun.func
-        elif hasattr(fun, "fun") and type(fun).__name__ == "InstrumentedFunction":
-            fun = fun.fun
         else:
             break
     if isinstance(fun, types.MethodType):
@@ -227,7 +232,7 @@ class _Walk:
                 )
             if module:
                 yield from self.attributes(path, value, names, depth)
-        elif type(value).__name__ == "InstrumentedFunction":
+        elif instrumented(value):
             yield from self.function(value, None, depth + 1)
         elif hasattr(value, "__dict__") and _stateful(type(value).__module__):
             yield from self.attributes(path, value, names, depth)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import operator
 import os
 import sys
 import threading
@@ -21,7 +20,7 @@ import warnings
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, SupportsIndex
 
 from pytest_mlxcompile import _mlx, locations
 from pytest_mlxcompile.budget_bytes import estimate_bytes, format_bytes
@@ -160,12 +159,8 @@ def _current() -> VariantRun | None:
 
 
 def _set_active(run: VariantRun | None) -> None:
-    """Every change of the active variant goes through here: it also picks the class's call.
-
-    With no variant active an instrumented function is called through a property that hands
-    back its plain compiled function, all in C: no Python frame, so code outside member tests
-    runs as fast as with plain ``mx.compile`` (benchmarks/run.py, P1).
-    """
+    """Every change of the active variant goes through here: a variant's start routes the
+    instrumented functions' calls through it (:func:`_route`)."""
     global _active, _generation
     _active = run
     _generation += 1  # a record's fast path belongs to the run that was active when it was set
@@ -173,21 +168,34 @@ def _set_active(run: VariantRun | None) -> None:
         _route(True)
 
 
-#: Whether ``InstrumentedFunction.__call__`` is the routed call (see _route).
+#: Whether instrumented functions are of the routed class (see _route).
 _routed_now = False
+
+#: Every live instrumented function, for _route.
+_live: weakref.WeakSet[InstrumentedFunction] = weakref.WeakSet()
 
 
 def _route(routed: bool) -> None:
-    """Point ``InstrumentedFunction.__call__`` at the routed call or at the plain one.
+    """Make every instrumented function call the routed call, or the plain one.
 
-    Setting a class's ``__call__`` costs microseconds (CPython updates the type's slots and
-    caches), so it is done when a variant starts after plain calls, and by the first call made
-    after a variant ended (``_full_call``): not at the end of every variant, most of which never
-    call a compiled function (benchmarks/run.py, P4).
+    Outside variants an instrumented function is of :class:`InstrumentedFunction`, a
+    ``functools.partial`` with no arguments, so calling it is the C call of its plain compiled
+    function (with vectorcall from Python 3.12): code outside member tests runs as fast as with
+    plain ``mx.compile`` (benchmarks/run.py, P1b). In a variant each is switched to
+    :class:`_RoutedFunction`, whose ``__call__`` is :func:`_routed_call`. The switch is per
+    object: setting ``__call__`` on the class instead would drop its vectorcall for good
+    (CPython 3.12+ clears the flag and never restores it).
+
+    Switching costs a fraction of a microsecond per live object, so it is done when a variant
+    starts after plain calls, and by the first call made after a variant ended
+    (``_full_call``): not at the end of every variant, most of which never call a compiled
+    function (benchmarks/run.py, P4).
     """
     global _routed_now
     _routed_now = routed
-    type.__setattr__(InstrumentedFunction, "__call__", _routed_call if routed else _PLAIN_CALL)
+    cls = _RoutedFunction if routed else InstrumentedFunction
+    for fn in list(_live):
+        fn.__class__ = cls
 
 
 class _NoFast:
@@ -199,7 +207,7 @@ _NO_FAST = _NoFast()
 
 
 def _routed_call(self: InstrumentedFunction, *args: Any, **kwargs: Any) -> Any:
-    """``InstrumentedFunction.__call__`` while a variant is (or was last) active.
+    """``__call__`` of instrumented functions while a variant is (or was last) active.
 
     The fast path, a cache hit of a compiled variant that no check watches, runs here in one
     frame and touches nothing but a counter; anything else, or a call that traced, goes through
@@ -401,10 +409,10 @@ def describe(fun: object) -> tuple[str, str]:
             # mx.grad(loss) through our marking wrapper: name it after the user's function
             inner_name, inner_where = describe(target.__wrapped__)  # type: ignore[attr-defined]
             return f"{transform}({inner_name})", inner_where
-        if isinstance(target, functools.partial):
-            target = target.func
-        elif isinstance(target, InstrumentedFunction):
+        if isinstance(target, InstrumentedFunction):
             target = target.fun
+        elif isinstance(target, functools.partial):
+            target = target.func
         elif getattr(target, "__func__", None) is not None:
             target = target.__func__  # type: ignore[attr-defined]
         else:
@@ -429,12 +437,32 @@ def describe(fun: object) -> tuple[str, str]:
     return str(name), f"{locations.relative(code.co_filename)}:{code.co_firstlineno}"
 
 
-class InstrumentedFunction:
+class InstrumentedFunction(functools.partial[Any]):
     """What the patched ``mx.compile`` returns.
 
-    Outside a test variant it is the plain compiled function (one attribute read of overhead);
-    inside one it routes every call through the variant's :class:`VariantRun`.
+    A ``functools.partial`` of the plain compiled function with no arguments: outside a test
+    variant, calling it is a C call of that function (no Python frame, vectorcall on 3.12+).
+    While a variant is active it is of :class:`_RoutedFunction`, which routes every call
+    through the variant's :class:`VariantRun` (see :func:`_route`).
     """
+
+    # read on every routed call: a slot, where an instance-dict read of a C-based class costs
+    # ~45 ns more (the other attributes are in the partial's dict)
+    __slots__ = ("_fast",)
+    _mlxcompile_instrumented = True  # holders.instrumented
+
+    def __new__(
+        cls,
+        fun: Callable[..., Any],
+        inputs: object | None,
+        outputs: object | None,
+        shapeless: bool,
+        real_compile: Callable[..., Any],
+    ) -> InstrumentedFunction:
+        plain = real_compile(fun, inputs, outputs, shapeless)
+        self = super().__new__(_RoutedFunction if _routed_now else cls, plain)
+        _live.add(self)
+        return self
 
     def __init__(
         self,
@@ -444,7 +472,7 @@ class InstrumentedFunction:
         shapeless: bool,
         real_compile: Callable[..., Any],
     ) -> None:
-        self._plain = real_compile(fun, inputs, outputs, shapeless)
+        self._plain: Callable[..., Any] = self.func
         #: [the FunctionRecord whose cache hits may take the fast path, or a stand-in that
         #: never matches]: read on every call, so no None test
         self._fast: list[Any] = [_NO_FAST]
@@ -464,10 +492,16 @@ class InstrumentedFunction:
         self.__qualname__ = str(getattr(fun, "__qualname__", self.__name__))
         self.__module__ = str(getattr(fun, "__module__", type(fun).__module__))
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        # Never runs: _route makes __call__ a property that hands back _plain (no variant
-        # active), or _routed_call itself (one is, or was last).
-        return _routed_call(self, *args, **kwargs)
+    if sys.version_info >= (3, 13):
+        # A partial as a class attribute warns on 3.13 and binds on 3.14; a compiled function
+        # does neither (``self.step = mx.compile(...)`` at class level stays unbound).
+        def __get__(self, obj: object, objtype: type | None = None) -> InstrumentedFunction:
+            return self
+
+    def __reduce_ex__(self, protocol: SupportsIndex) -> str | tuple[Any, ...]:
+        # copy and pickle as the plain compiled function does (today: TypeError), not as a
+        # partial (whose rebuild would call this class with the wrong arguments)
+        return self._plain.__reduce_ex__(protocol)
 
     def __repr__(self) -> str:
         return f"<mx.compile'd {self.name} at {self.where} (instrumented by pytest-mlxcompile)>"
@@ -1224,10 +1258,16 @@ def _overriding(observers: Sequence[Observer], hook: str) -> tuple[Callable[...,
     return tuple(getattr(o, hook) for o in observers if _overrides(o, hook))
 
 
-#: ``InstrumentedFunction.__call__`` outside variants: a property whose getter (in C) returns
-#: the plain compiled function, which Python then calls without a frame of ours.
-_PLAIN_CALL = property(operator.attrgetter("_plain"))
-type.__setattr__(InstrumentedFunction, "__call__", _PLAIN_CALL)
+class _RoutedFunction(InstrumentedFunction):
+    """An instrumented function while a variant is (or was last) active (see :func:`_route`).
+
+    Named as its base: to a user it is the same kind of object in and out of a variant.
+    """
+
+    __call__ = _routed_call
+
+
+_RoutedFunction.__name__ = _RoutedFunction.__qualname__ = "InstrumentedFunction"
 
 
 def _skip_not_shapeless(record: FunctionRecord, exc: BaseException) -> None:

@@ -318,7 +318,7 @@ def function_key(fn: InstrumentedFunction) -> Hashable:
     """One key per piece of code and owner: new objects of the same code share it."""
     target: Any = fn.fun
     bound: list[Hashable] = []
-    while isinstance(target, functools.partial):
+    while isinstance(target, functools.partial) and not isinstance(target, InstrumentedFunction):
         bound.extend(_identity(value) for value in (*target.args, *target.keywords.values()))
         target = target.func
     owner = getattr(target, "__self__", None)

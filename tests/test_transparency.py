@@ -173,6 +173,82 @@ def test_mlx_helpers_compiled_inside_mlx_itself_are_left_alone(pytester, run):
     run().assert_outcomes(passed=1)
 
 
+def test_outside_member_tests_a_call_runs_no_python_frame_of_the_plugin(pytester, run):
+    # P1b of benchmarks/run.py: outside a variant the call is the plain compiled function's,
+    # in C; inside one it goes through the routed call. Also after a variant routed them all.
+    pytester.makepyfile(
+        """
+        import sys
+        import mlx.core as mx
+        import pytest
+
+        double = mx.compile(lambda x: x * 2)
+
+        def plugin_frames(f):
+            seen = []
+            def profile(frame, event, arg):
+                if event == "call" and "pytest_mlxcompile" in frame.f_code.co_filename:
+                    seen.append(frame.f_code.co_name)
+            sys.setprofile(profile)
+            try:
+                f(mx.ones(2))
+            finally:
+                sys.setprofile(None)
+            return seen
+
+        def test_before_any_variant():
+            print("before:", plugin_frames(double))
+
+        @pytest.mark.compiled
+        def test_in_a_variant():
+            double(mx.ones(2))
+            print("in a variant:", plugin_frames(double))
+
+        def test_after_a_variant():
+            double(mx.ones(2))  # the first call after a variant puts the plain call back
+            late = mx.compile(lambda x: x + 1)
+            print("after:", plugin_frames(double), "made after:", plugin_frames(late))
+        """
+    )
+    result = run("-s")
+    result.assert_outcomes(passed=3)
+    result.stdout.fnmatch_lines(
+        [
+            "*before: []*",
+            "*in a variant: ['_routed_call'*",
+            "*after: [] made after: []*",
+        ]
+    )
+
+
+def test_a_compiled_function_as_a_class_attribute_stays_unbound_and_copies_as_mx_compile(
+    pytester, run
+):
+    pytester.makepyfile(
+        """
+        import copy
+        import mlx.core as mx
+        import pytest
+
+        class Model:
+            step = mx.compile(lambda x: x + 1)
+
+        @pytest.mark.compiled
+        def test_called_through_an_instance():
+            assert Model().step(mx.array(1)).item() == 2
+            assert type(Model.step).__name__ == "InstrumentedFunction"
+
+        def test_copied_like_the_real_compile():
+            with pytest.raises(TypeError) as err:
+                copy.copy(Model.step)
+            print("copy:", err.value)
+        """
+    )
+    result = run("-s", "-W", "error")
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(["*copy: cannot pickle *function* object*"])
+
+
 def test_outside_marked_tests_compiled_functions_pass_straight_through(pytester, run):
     pytester.makepyfile(
         """
