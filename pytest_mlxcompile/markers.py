@@ -144,8 +144,8 @@ def closest(node: pytest.Item | pytest.Function) -> pytest.Mark | None:
     """The marker that applies to ``node``: a parametrize case's own
     (``pytest.param(..., marks=pytest.mark.compiled(...))``) before the function's, class's or
     module's (pytest's ``get_closest_marker`` puts the function's first)."""
-    # vars(): a test without parameters has no callspec, and getattr's miss raises inside
-    callspec = vars(node).get("callspec")
+    # a test without parameters has no callspec (never vars(): see variants.matrix_mode)
+    callspec = getattr(node, "callspec", None)
     for mark in callspec.marks if callspec is not None else ():
         if isinstance(mark, pytest.Mark) and mark.name == MARKER:
             return mark

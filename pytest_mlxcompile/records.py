@@ -86,7 +86,7 @@ def outcome(previous: str | None, report: pytest.TestReport) -> str | None:
     if report.when == "setup":
         return {"failed": "error", "skipped": "skipped"}.get(report.outcome)
     if report.when == "call":
-        if "wasxfail" in vars(report):
+        if hasattr(report, "wasxfail"):
             return "xfailed" if report.skipped else "xpassed"
         return report.outcome
     if report.failed:
@@ -135,7 +135,7 @@ class Collector:
         when = report.when
         if when == "teardown":
             self.finished += 1
-            record = vars(report).get("mlx_record")  # a miss of getattr raises inside
+            record = getattr(report, "mlx_record", None)
             if isinstance(record, str):  # from an xdist worker
                 record = json.loads(record)
             if isinstance(record, dict):

@@ -242,6 +242,49 @@ def test_compare_fail_fails_only_the_test_whose_function_got_slower(pytester, ru
     result.stdout.no_fnmatch_line("*Traceback*")
 
 
+def test_mlx_benchmark_asked_for_in_the_body_of_an_unmarked_test_is_still_gated(
+    pytester, run, monkeypatch
+):
+    # request.getfixturevalue in the body: the plugin learns of the benchmark only while the
+    # call runs, and still gates it when the call has passed
+    pytester.makepyfile(
+        """
+        import os
+        import mlx.core as mx
+
+        def slowable(x):
+            for _ in range(300 if os.environ.get("MAKE_IT_SLOW") else 1):
+                x = mx.sin(x)
+            return x
+
+        def test_late(request):
+            bench = request.getfixturevalue("mlx_benchmark")
+            bench(slowable, mx.ones(64), modes=("compiled",))
+
+        def test_late_and_failing(request):
+            bench = request.getfixturevalue("mlx_benchmark")
+            bench(slowable, mx.ones(64), modes=("compiled",))
+            assert False, "the body failed"
+        """
+    )
+    run(FAST, "--mlx-report-json=base.json").assert_outcomes(passed=1, failed=1)
+    monkeypatch.setenv("MAKE_IT_SLOW", "1")
+    result = run(FAST, "--mlx-compare=base.json", "--mlx-compare-fail=compiled.median:100%")
+    result.assert_outcomes(passed=0, failed=2)
+    result.stdout.fnmatch_lines(
+        [
+            "*_ test_late _*",
+            "pytest-mlxcompile: timings regressed against the baseline base.json:",
+            "  slowable: compiled.median * -> * (+*%), beyond compiled.median:100%*",
+        ]
+    )
+    # a failed body is not gated: its failure is the one the user sees
+    result.stdout.fnmatch_lines(
+        ["E       AssertionError: the body failed", "FAILED *::test_late_and_failing"]
+    )
+    assert result.stdout.str().count("timings regressed against the baseline") == 1
+
+
 def test_a_baseline_from_another_machine_is_a_warning_in_the_header(pytester, run):
     _save_baseline(pytester, run)
     path = pytester.path / "base.json"
