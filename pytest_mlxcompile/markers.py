@@ -160,7 +160,7 @@ def closest(node: pytest.Item | pytest.Function) -> pytest.Mark | None:
     return None
 
 
-def from_item(node: pytest.Item | pytest.Function, test: str) -> CompiledMarker | None:
+def from_item(node: pytest.Item | pytest.Function) -> CompiledMarker | None:
     mark = closest(node)
     if mark is None:
         return None
@@ -169,7 +169,7 @@ def from_item(node: pytest.Item | pytest.Function, test: str) -> CompiledMarker 
     known = _parsed.get(id(mark))
     if known is not None and known[0] is mark:
         return known[1]
-    parsed = CompiledMarker.from_mark(mark, test)
+    parsed = CompiledMarker.from_mark(mark, node.nodeid)
     _parsed[id(mark)] = (mark, parsed)  # the mark kept alive: its id stays its own
     return parsed
 

@@ -627,27 +627,27 @@ class PerTest:
     # the report to the controller) see the report.
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        when = report.when
         variant = self.variant
         if variant is not None and report.nodeid == self.nodeid:
-            assert self.item is not None
-            self._record(self.item, variant, report)
-            if report.when == "teardown":
+            if when == "teardown":
+                assert self.item is not None
+                self._record(self.item, variant, report)
                 self.item = self.variant = self.saved = None
+            else:
+                variant.reports.append(report)
         # on an xdist controller this sees every worker's reports too
-        if report.when != "setup" and report.when != "call":  # teardown, or a crashed worker's
+        if when != "setup" and when != "call":  # teardown, or a crashed worker's
             self.collector.add(report)
 
     def _record(self, item: pytest.Item, variant: _Variant, test_report: pytest.TestReport) -> None:
         """At teardown, the variant's record on its report (outcome and duration over its
-        setup, call and teardown reports)."""
-        if test_report.when != "teardown":
-            variant.reports.append(test_report)
-            return
-        # pytest keeps every item until the session ends: drop what holds the test's arrays,
-        # models and last call arguments now (the variant goes in the caller).
-        if run_key in item.stash:
-            del item.stash[run_key]
+        setup and call reports, kept in ``variant.reports``, and this one)."""
         run = variant.run
+        if run is not None:
+            # pytest keeps every item until the session ends: drop what holds the test's
+            # arrays, models and last call arguments now (the variant goes in the caller).
+            del item.stash[run_key]  # set with the run (_run)
         if not (variant.timings or (run is not None and run.records) or self.every_record):
             return  # nothing to show: a variant that called no compiled function
         plan = variant.plan

@@ -76,7 +76,7 @@ def swap_collector(result: object, settings: Settings) -> object:
 
 def _expand(item: TestCaseFunction, settings: Settings) -> Iterator[pytest.Item]:
     try:
-        marker = from_item(item, item.nodeid)
+        marker = from_item(item)
     except MarkerError as exc:
         error = str(exc)
     else:

@@ -77,7 +77,7 @@ def _marker(node: pytest.Item | pytest.Function | pytest.Metafunc) -> CompiledMa
     # test that rules out most tests before the marker lookup (benchmarks/run.py, P4).
     if MARKER not in definition.keywords:
         return None
-    return from_item(definition, definition.nodeid)
+    return from_item(definition)
 
 
 #: ``choose(metafunc, modes) -> (modes, error)``: the ``pytest_mlxcompile_modes`` hook's answer
@@ -152,7 +152,7 @@ def check_cases(items: list[pytest.Item]) -> tuple[list[pytest.Item], list[pytes
             kept.append(item)
             continue
         try:
-            marker = from_item(item, item.nodeid)
+            marker = from_item(item)
         except MarkerError as exc:
             error = str(exc)
         else:
@@ -202,21 +202,28 @@ def plan(item: pytest.Item, settings: Settings, cache: PlanCache) -> VariantPlan
     """
     if not isinstance(item, pytest.Function):
         return None
-    # the item's own markers here, its parents' from the cache (the item is asked once)
-    if any(m.name == MARKER for m in item.own_markers) or cache.marked(item.parent):
-        marker = from_item(item, item.nodeid)  # validated at collection already
+    # the item's own markers (its function's and its parametrize case's) here, its parents'
+    # from the cache (the item is asked once); a loop, not any(): it runs for every test
+    marker = None
+    for mark in item.own_markers:
+        if mark.name == MARKER:
+            marker = from_item(item)  # validated at collection already
+            break
     else:
-        marker = None
-    mode = matrix_mode(item)
+        if cache.marked(item.parent):
+            marker = from_item(item)
+    # only the matrix gives a test a mode (a parameter, or a TestCase variant's stash)
+    mode = matrix_mode(item) if settings.matrix else None
     if mode is None:
-        if not _is_member(marker, item.fixturenames, settings):
+        if marker is None and settings.scope != "all" and _FIXTURES.isdisjoint(item.fixturenames):
             return None
         allowed = marker.modes if marker is not None and marker.modes else None
         mode = Mode.COMPILED if allowed is None or Mode.COMPILED in allowed else allowed[0]
     marker = marker or BARE
     key = (id(marker), mode)
-    if key in cache.plans:
-        return cache.plans[key][1]
+    known = cache.plans.get(key)
+    if known is not None:
+        return known[1]
     made = VariantPlan(
         mode=mode,
         parity=marker.parity or settings.parity,
