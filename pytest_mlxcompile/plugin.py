@@ -253,30 +253,6 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     return lines
 
 
-# trylast: after @pytest.mark.parametrize, so the mode comes last in ids: test_x[1-compiled].
-@pytest.hookimpl(trylast=True)
-def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    variants.parametrize(metafunc, metafunc.config.stash[settings_key], _choose_modes)
-
-
-# wrapper: what the collectors made, adjusted. pytest cannot parametrize a unittest.TestCase:
-# swap the collector its unittest plugin makes for one that gives each member method one item
-# per mode (testcases.py). A parametrize case's own ``compiled`` marker is validated here (one
-# collection error naming the case), and its ``modes=`` honoured by deselecting the variants it
-# excludes.
-@pytest.hookimpl(wrapper=True)
-def pytest_pycollect_makeitem(
-    collector: pytest.Module | pytest.Class, name: str, obj: object
-) -> Generator[None, object, object]:
-    result = testcases.swap_collector((yield), collector.config.stash[settings_key])
-    if not isinstance(result, list) or not result:
-        return result
-    kept, dropped = variants.check_cases(result)
-    if dropped:
-        collector.config.hook.pytest_deselected(items=dropped)
-    return kept
-
-
 def _choose_modes(
     metafunc: pytest.Metafunc, modes: tuple[Mode, ...]
 ) -> tuple[tuple[Mode, ...], str]:
@@ -474,6 +450,30 @@ class PerTest:
         self.nodeid = ""
         self.variant: _Variant | None = None
         self.saved: GlobalState | None = None
+
+    # trylast: after @pytest.mark.parametrize, so the mode comes last in ids: test_x[1-compiled].
+    @pytest.hookimpl(trylast=True)
+    def pytest_generate_tests(self, metafunc: pytest.Metafunc) -> None:
+        variants.parametrize(metafunc, self.chosen, self.plans, _choose_modes)
+
+    # wrapper: what the collectors made, adjusted. pytest cannot parametrize a
+    # unittest.TestCase: swap the collector its unittest plugin makes for one that gives each
+    # member method one item per mode (testcases.py). A parametrize case's own ``compiled``
+    # marker is validated here (one collection error naming the case), and its ``modes=``
+    # honoured by deselecting the variants it excludes.
+    @pytest.hookimpl(wrapper=True)
+    def pytest_pycollect_makeitem(
+        self, collector: pytest.Module | pytest.Class, name: str, obj: object
+    ) -> Generator[None, object, object]:
+        result = yield
+        if not isinstance(result, list):
+            return testcases.swap_collector(result, self.chosen)
+        if not result:
+            return result
+        kept, dropped = variants.check_cases(result)
+        if dropped:
+            collector.config.hook.pytest_deselected(items=dropped)
+        return kept
 
     def variant_of(self, item: pytest.Item, *, create: bool = False) -> _Variant | None:
         """The test's variant state; ``create``: make it (mlx_benchmark in a plain test)."""

@@ -71,13 +71,14 @@ def matrix_mode(item: pytest.Item) -> Mode | None:
     return item.stash.get(MODE_KEY, None)
 
 
-def _marker(node: pytest.Item | pytest.Function | pytest.Metafunc) -> CompiledMarker | None:
-    definition = node.definition if isinstance(node, pytest.Metafunc) else node
-    # A node's keywords hold its markers' names and its parents' (and other names): a cheap
-    # test that rules out most tests before the marker lookup (benchmarks/run.py, P4).
-    if MARKER not in definition.keywords:
-        return None
-    return from_item(definition)
+def _marker(metafunc: pytest.Metafunc, cache: PlanCache) -> CompiledMarker | None:
+    definition = metafunc.definition
+    # its own markers, then its parents' from the cache: a cheap test that rules out most
+    # tests before the marker lookup (benchmarks/run.py, P4)
+    for mark in definition.own_markers:
+        if mark.name == MARKER:
+            return from_item(definition)
+    return from_item(definition) if cache.marked(definition.parent) else None
 
 
 #: ``choose(metafunc, modes) -> (modes, error)``: the ``pytest_mlxcompile_modes`` hook's answer
@@ -85,11 +86,15 @@ ChooseModes = Callable[[pytest.Metafunc, tuple[Mode, ...]], tuple[tuple[Mode, ..
 
 
 def parametrize(
-    metafunc: pytest.Metafunc, settings: Settings, choose: ChooseModes | None = None
+    metafunc: pytest.Metafunc,
+    settings: Settings,
+    cache: PlanCache,
+    choose: ChooseModes | None = None,
 ) -> None:
-    """With the matrix on, give each member test one variant per mode: ``test_x[eager]``, ..."""
+    """With the matrix on, give each member test one variant per mode: ``test_x[eager]``, ...
+    With it off, validate the test's marker (one collection error naming the test)."""
     try:
-        marker = _marker(metafunc)
+        marker = _marker(metafunc, cache)
     except MarkerError as exc:
         error = str(exc)
     else:
@@ -144,12 +149,15 @@ def check_cases(items: list[pytest.Item]) -> tuple[list[pytest.Item], list[pytes
     """(kept, deselected): validate the markers of parametrize cases, and drop the matrix
     variants a case's own ``modes=`` excludes (the function's own marker narrowed the matrix
     already). A bad case marker is one collection error naming the case and the argument."""
-    kept: list[pytest.Item] = []
     dropped: list[pytest.Item] = []
     for item in items:
         callspec = getattr(item, "callspec", None)
-        if callspec is None or not any(m.name == MARKER for m in callspec.marks):
-            kept.append(item)
+        if callspec is None:  # not parametrized: what most tests are
+            continue
+        for mark in callspec.marks:
+            if mark.name == MARKER:
+                break
+        else:
             continue
         try:
             marker = from_item(item)
@@ -163,9 +171,10 @@ def check_cases(items: list[pytest.Item]) -> tuple[list[pytest.Item], list[pytes
         allowed = marker.modes if marker is not None else None
         if isinstance(mode, Mode) and allowed is not None and mode not in allowed:
             dropped.append(item)
-        else:
-            kept.append(item)
-    return kept, dropped
+    if not dropped:
+        return items, dropped
+    gone = {id(item) for item in dropped}
+    return [item for item in items if id(item) not in gone], dropped
 
 
 class PlanCache:
