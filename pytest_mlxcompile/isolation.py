@@ -19,9 +19,10 @@ __all__ = ["GlobalState"]
 class GlobalState:
     """Captured and put back around every test: a plain class with slots, cheap (P4)."""
 
-    __slots__ = ("device", "keys", "random_key", "stream")
+    __slots__ = ("device", "keys", "mx", "random_key", "stream")
 
-    def __init__(self, device: Any, stream: Any, keys: list[Any]) -> None:
+    def __init__(self, mx: Any, device: Any, stream: Any, keys: list[Any]) -> None:
+        self.mx = mx
         self.device = device
         self.stream = stream
         self.keys = keys  # this thread's key list (MLX keeps it for the thread's life)
@@ -34,11 +35,11 @@ class GlobalState:
         if mx is None:
             return None
         device = mx.default_device()
-        return cls(device, mx.default_stream(device), _mlx.random_key_list())
+        return cls(mx, device, mx.default_stream(device), _mlx.random_key_list())
 
     def restore(self) -> tuple[str, ...]:
         """Put the state back; returns what had to be repaired that the user should know."""
-        mx = _mlx.core()
+        mx = self.mx
         # instrument comes with mlx.core (the package's import hook): not imported here, so that
         # importing the plugin loads neither
         instrument = sys.modules.get("pytest_mlxcompile.instrument")
