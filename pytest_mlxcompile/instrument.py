@@ -171,8 +171,9 @@ def _set_active(run: VariantRun | None) -> None:
 #: Whether instrumented functions are of the routed class (see _route).
 _routed_now = False
 
-#: Every live instrumented function, for _route.
-_live: weakref.WeakSet[InstrumentedFunction] = weakref.WeakSet()
+#: Every live instrumented function, weakly, for _route: a plain set of references that drop
+#: themselves (a WeakSet would be walked in Python code, where another thread may change it).
+_live: set[weakref.ref[InstrumentedFunction]] = set()
 
 
 def _route(routed: bool) -> None:
@@ -192,10 +193,21 @@ def _route(routed: bool) -> None:
     function (benchmarks/run.py, P4).
     """
     global _routed_now
-    _routed_now = routed
-    cls = _RoutedFunction if routed else InstrumentedFunction
-    for fn in list(_live):
-        fn.__class__ = cls
+    with _route_lock:  # against a compile or a switch in another thread (a data loader)
+        if not routed and (_active is not None or _pending is not None):
+            return  # a variant started meanwhile (from the test's thread): stay routed
+        cls = _RoutedFunction if routed else InstrumentedFunction
+        # a snapshot taken in C: a collected function's reference may leave the set meanwhile
+        for ref in _live.copy():
+            fn = ref()
+            if fn is not None:
+                fn.__class__ = cls
+        _routed_now = routed  # after the switch: a flag read meanwhile finds it not done
+
+
+#: Held while the instrumented functions' class is switched, and while a new one picks its
+#: class: a reentrant lock, as a finalizer run by the garbage collector may call one.
+_route_lock = threading.RLock()
 
 
 class _NoFast:
@@ -460,8 +472,9 @@ class InstrumentedFunction(functools.partial[Any]):
         real_compile: Callable[..., Any],
     ) -> InstrumentedFunction:
         plain = real_compile(fun, inputs, outputs, shapeless)
-        self = super().__new__(_RoutedFunction if _routed_now else cls, plain)
-        _live.add(self)
+        with _route_lock:  # not between _route's switch of the others and its flag
+            self = super().__new__(_RoutedFunction if _routed_now else cls, plain)
+            _live.add(weakref.ref(self, _live.discard))
         return self
 
     def __init__(

@@ -15,6 +15,7 @@ from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from _pytest.unittest import UnitTestCase
 
 from pytest_mlxcompile import _mlx, hookspecs, records, settings, testcases, variants
 from pytest_mlxcompile.errors import ParityError
@@ -253,6 +254,41 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     return lines
 
 
+# Module-level hooks, registered with the plugin (before conftests and the per-session object):
+# where they run among other plugins' hooks of the same kind decides test ids (the mode comes
+# after a conftest's trylast parametrize) and whether a conftest's collection wrapper sees our
+# TestCase collector.
+
+
+# trylast: after @pytest.mark.parametrize, so the mode comes last in ids: test_x[1-compiled].
+@pytest.hookimpl(trylast=True)
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    per_test = metafunc.config.stash[per_test_key]
+    variants.parametrize(metafunc, per_test.chosen, per_test.plans, _choose_modes)
+
+
+# wrapper: what the collectors made, adjusted. pytest cannot parametrize a unittest.TestCase:
+# swap the collector its unittest plugin makes for one that gives each member method one item
+# per mode (testcases.py). A parametrize case's own ``compiled`` marker is validated here (one
+# collection error naming the case), and its ``modes=`` honoured by deselecting the variants it
+# excludes.
+@pytest.hookimpl(wrapper=True)
+def pytest_pycollect_makeitem(
+    collector: pytest.Module | pytest.Class, name: str, obj: object
+) -> Generator[None, object, object]:
+    result = yield
+    if not isinstance(result, list):
+        if type(result) is not UnitTestCase:  # a class, None: what most names give
+            return result
+        return testcases.swap_collector(result, collector.config.stash[settings_key])
+    if not result:
+        return result
+    kept, dropped = variants.check_cases(result)
+    if dropped:
+        collector.config.hook.pytest_deselected(items=dropped)
+    return kept
+
+
 def _choose_modes(
     metafunc: pytest.Metafunc, modes: tuple[Mode, ...]
 ) -> tuple[tuple[Mode, ...], str]:
@@ -451,29 +487,10 @@ class PerTest:
         self.variant: _Variant | None = None
         self.saved: GlobalState | None = None
 
-    # trylast: after @pytest.mark.parametrize, so the mode comes last in ids: test_x[1-compiled].
-    @pytest.hookimpl(trylast=True)
-    def pytest_generate_tests(self, metafunc: pytest.Metafunc) -> None:
-        variants.parametrize(metafunc, self.chosen, self.plans, _choose_modes)
-
-    # wrapper: what the collectors made, adjusted. pytest cannot parametrize a
-    # unittest.TestCase: swap the collector its unittest plugin makes for one that gives each
-    # member method one item per mode (testcases.py). A parametrize case's own ``compiled``
-    # marker is validated here (one collection error naming the case), and its ``modes=``
-    # honoured by deselecting the variants it excludes.
-    @pytest.hookimpl(wrapper=True)
-    def pytest_pycollect_makeitem(
-        self, collector: pytest.Module | pytest.Class, name: str, obj: object
-    ) -> Generator[None, object, object]:
-        result = yield
-        if not isinstance(result, list):
-            return testcases.swap_collector(result, self.chosen)
-        if not result:
-            return result
-        kept, dropped = variants.check_cases(result)
-        if dropped:
-            collector.config.hook.pytest_deselected(items=dropped)
-        return kept
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        # what the parametrize hook learned of classes' and modules' markers predates
+        # pytest_collection_modifyitems, which may add some (cls.add_marker)
+        self.plans.parents.clear()
 
     def variant_of(self, item: pytest.Item, *, create: bool = False) -> _Variant | None:
         """The test's variant state; ``create``: make it (mlx_benchmark in a plain test)."""

@@ -221,8 +221,7 @@ def plan(item: pytest.Item, settings: Settings, cache: PlanCache) -> VariantPlan
     else:
         if cache.marked(item.parent):
             marker = from_item(item)
-    # only the matrix gives a test a mode (a parameter, or a TestCase variant's stash)
-    mode = matrix_mode(item) if settings.matrix else None
+    mode = matrix_mode(item)
     if mode is None:
         if marker is None and settings.scope != "all" and _FIXTURES.isdisjoint(item.fixturenames):
             return None

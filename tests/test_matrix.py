@@ -138,3 +138,133 @@ def test_every_test_variant_starts_with_a_fresh_compile_cache(pytester, run):
     result = run("--mlx-parity=off", "-s")
     result.assert_outcomes(passed=2)
     result.stdout.fnmatch_lines(["*first traced 1*", "*second traced 1*"])
+
+
+STALE_CLASS = """
+import mlx.core as mx
+import unittest
+
+W = [mx.array(1.0)]
+
+def scale(x):
+    return x * W[0]
+
+class TestStep(unittest.TestCase):
+    def test_step(self):
+        step = mx.compile(scale)
+        W[0] = mx.array(1.0)
+        step(mx.array(2.0))
+        W[0] = mx.array(3.0)
+        step(mx.array(2.0))
+"""
+
+
+def test_a_conftest_collection_wrapper_can_mark_a_testcase_for_the_matrix(pytester, run):
+    # the plugin's own collection wrapper stays inside a conftest's: what the conftest does to
+    # pytest's TestCase collector is what the plugin's variants start from
+    pytester.makeconftest(
+        """
+        import unittest
+        import pytest
+
+        @pytest.hookimpl(wrapper=True)
+        def pytest_pycollect_makeitem(collector, name, obj):
+            result = yield
+            if isinstance(obj, type) and issubclass(obj, unittest.TestCase):
+                result.add_marker(pytest.mark.compiled(modes=["eager", "compiled"]))
+            return result
+        """
+    )
+    pytester.makepyfile(test_tc=STALE_CLASS)
+    result = run("-v", "--mlx-compile-matrix")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*::TestStep::test_step[[]eager[]] PASSED*",
+            "*::TestStep::test_step[[]compiled[]] FAILED*",
+        ]
+    )
+
+
+def test_a_class_marked_in_collection_modifyitems_is_checked(pytester, run):
+    pytester.makeconftest(
+        """
+        import pytest
+
+        def pytest_collection_modifyitems(config, items):
+            for item in items:
+                cls = item.getparent(pytest.Class)
+                if cls is not None and cls.name.startswith("TestCompiled"):
+                    cls.add_marker(pytest.mark.compiled)
+        """
+    )
+    pytester.makepyfile(
+        """
+        import mlx.core as mx
+
+        W = [mx.array(1.0)]
+
+        @mx.compile
+        def scale(x):
+            return x * W[0]
+
+        class TestCompiledStep:
+            def test_stale(self):
+                W[0] = mx.array(1.0)
+                scale(mx.array(2.0))
+                W[0] = mx.array(3.0)
+                scale(mx.array(2.0))
+        """
+    )
+    result = run()
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["E *StaleCaptureError: scale [[]compiled[]] call 2 *global 'W'*"])
+
+
+def test_a_test_that_parametrizes_mlx_mode_itself_runs_in_those_modes(pytester, run):
+    pytester.makepyfile(
+        """
+        import mlx.core as mx
+        import pytest
+        from pytest_mlxcompile import Mode, instrument
+
+        @pytest.mark.parametrize("mlx_mode", [Mode.EAGER, Mode.SHAPELESS])
+        def test_self_parametrized(mlx_mode):
+            mx.compile(lambda x: x + 1)(mx.array(1.0))
+            print("param", mlx_mode, "ran", instrument.active_run().mode)
+        """
+    )
+    result = run("-s")
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(["*param eager ran eager*", "*param shapeless ran shapeless*"])
+
+
+def test_the_mode_comes_after_a_conftests_trylast_parametrize_in_test_ids(pytester, run):
+    pytester.makeconftest(
+        """
+        import pytest
+
+        @pytest.hookimpl(trylast=True)
+        def pytest_generate_tests(metafunc):
+            if "seed" in metafunc.fixturenames:
+                metafunc.parametrize("seed", [0, 1])
+        """
+    )
+    pytester.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.compiled(modes=["eager", "compiled"])
+        def test_x(seed):
+            pass
+        """
+    )
+    result = run("--co", "-q", "--mlx-compile-matrix")
+    result.stdout.fnmatch_lines(
+        [
+            "*::test_x[[]eager-0[]]",
+            "*::test_x[[]eager-1[]]",
+            "*::test_x[[]compiled-0[]]",
+            "*::test_x[[]compiled-1[]]",
+        ]
+    )

@@ -423,3 +423,70 @@ def test_a_finished_test_does_not_keep_its_compiled_functions_alive(pytester, ru
         """
     )
     run("--mlx-timings", "-p", "no:randomly").assert_outcomes(passed=2)
+
+
+def test_compiles_in_another_thread_while_variants_start_and_end_leave_every_check_on(
+    pytester, run
+):
+    # The instrumented functions switch to the routed call and back as variants start and end;
+    # a data loader's thread compiling meanwhile must neither break the switch nor leave some
+    # functions unchecked (each marked test below must fail).
+    pytester.makeconftest(
+        """
+        import sys
+
+        sys.setswitchinterval(1e-6)  # switch threads as often as possible
+
+        def pytest_collection_modifyitems(items):
+            marked = [i for i in items if "marked" in i.name]
+            plain = [i for i in items if "plain" in i.name]
+            items[:] = [x for pair in zip(marked, plain) for x in pair]
+        """
+    )
+    pytester.makepyfile(
+        """
+        import threading
+        import mlx.core as mx
+        import pytest
+
+        W = [mx.array(1.0)]
+
+        def bad(x):
+            return x * W[0]
+
+        def f(x):
+            return x + 1
+
+        LIB = [mx.compile(f) for _ in range(2000)]
+        step = mx.compile(bad)
+
+        @pytest.fixture(scope="session", autouse=True)
+        def background_compiler():
+            stop = threading.Event()
+
+            def loop():
+                while not stop.is_set():
+                    mx.compile(f)
+
+            thread = threading.Thread(target=loop, daemon=True)
+            thread.start()
+            yield
+            stop.set()
+            thread.join()
+
+        @pytest.mark.compiled
+        @pytest.mark.parametrize("i", range(100))
+        def test_marked(i):
+            W[0] = mx.array(1.0)
+            step(mx.array(2.0))
+            W[0] = mx.array(3.0)
+            step(mx.array(2.0))
+
+        @pytest.mark.parametrize("i", range(100))
+        def test_plain(i):
+            LIB[0](mx.array(1.0))
+        """
+    )
+    result = run("-q", "-p", "no:randomly")
+    result.assert_outcomes(passed=100, failed=100)
+    result.stdout.no_fnmatch_line("*RuntimeError*")
