@@ -295,7 +295,7 @@ def pytest_pycollect_makeitem(
 ) -> Generator[None, object, object]:
     result = yield
     if not isinstance(result, list):
-        if type(result) is not UnitTestCase:  # a class, None: what most names give
+        if type(result) is not UnitTestCase:  # a class, None, another plugin's subclass
             return result
         return testcases.swap_collector(result, collector.config.stash[settings_key])
     if not result:

@@ -64,10 +64,9 @@ class MatrixTestCase(UnitTestCase):
             self.warn(pytest.PytestWarning(_hook_not_asked(self.name, expanded)))
 
 
-def swap_collector(result: object, settings: Settings) -> object:
-    """``pytest_pycollect_makeitem``'s answer, with pytest's own TestCase collector replaced."""
-    if type(result) is not UnitTestCase:  # None, a list, another plugin's subclass: untouched
-        return result
+def swap_collector(result: UnitTestCase, settings: Settings) -> MatrixTestCase:
+    """pytest's own TestCase collector (exactly that type: another plugin's subclass is left
+    as it is), replaced by one that gives member methods their variants."""
     assert isinstance(result.parent, (pytest.Module, pytest.Class))
     swapped = MatrixTestCase.from_parent(result.parent, name=result.name, obj=result.obj)
     swapped.settings = settings

@@ -73,12 +73,8 @@ def matrix_mode(item: pytest.Item) -> Mode | None:
 
 def _marker(metafunc: pytest.Metafunc, cache: PlanCache) -> CompiledMarker | None:
     definition = metafunc.definition
-    # its own markers, then its parents' from the cache: a cheap test that rules out most
-    # tests before the marker lookup (benchmarks/run.py, P4)
-    for mark in definition.own_markers:
-        if mark.name == MARKER:
-            return from_item(definition)
-    return from_item(definition) if cache.marked(definition.parent) else None
+    # a cheap test that rules out most tests before the marker lookup (benchmarks/run.py, P4)
+    return from_item(definition) if cache.applies(definition) else None
 
 
 #: ``choose(metafunc, modes) -> (modes, error)``: the ``pytest_mlxcompile_modes`` hook's answer
@@ -189,6 +185,14 @@ class PlanCache:
         #: nodes live as long as the session, so their ids stay theirs
         self.parents: dict[int, bool] = {}
 
+    def applies(self, node: Node) -> bool:
+        """Whether the marker applies to ``node``: its own markers read now (a test is asked
+        once; a loop, not any(): this runs for every test), its parents' from the cache."""
+        for mark in node.own_markers:
+            if mark.name == MARKER:
+                return True
+        return self.marked(node.parent)
+
     def marked(self, node: Node | None) -> bool:
         """Whether ``node`` or one of its parents (class, module, package) carries the marker:
         what ``_marker``'s keywords test tells, without walking every parent's keywords for
@@ -211,16 +215,8 @@ def plan(item: pytest.Item, settings: Settings, cache: PlanCache) -> VariantPlan
     """
     if not isinstance(item, pytest.Function):
         return None
-    # the item's own markers (its function's and its parametrize case's) here, its parents'
-    # from the cache (the item is asked once); a loop, not any(): it runs for every test
-    marker = None
-    for mark in item.own_markers:
-        if mark.name == MARKER:
-            marker = from_item(item)  # validated at collection already
-            break
-    else:
-        if cache.marked(item.parent):
-            marker = from_item(item)
+    # the item's own markers are its function's and its parametrize case's
+    marker = from_item(item) if cache.applies(item) else None  # validated at collection
     mode = matrix_mode(item)
     if mode is None:
         if marker is None and settings.scope != "all" and _FIXTURES.isdisjoint(item.fixturenames):
