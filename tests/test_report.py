@@ -147,7 +147,8 @@ def test_the_json_report_copies_recompiles_and_diagnoses_other_checks_recorded(p
     assert validate(doc, SCHEMA) == []
 
 
-def test_xdist_workers_report_the_same_records_as_a_serial_run(pytester, run):
+def test_xdist_workers_report_the_same_records_as_a_serial_run(pytester, run, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")  # the table's ids as an 80-column terminal shows them
     pytester.makepyfile(SUITE)
     args = ("--mlx-compile-matrix", "--mlx-timings", FAST)
     serial = run(*args, "-n", "0", "--mlx-report-json=serial.json")
