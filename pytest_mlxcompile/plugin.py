@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import functools
 import importlib
 import json
 import os
@@ -163,9 +162,6 @@ def pytest_configure(config: pytest.Config) -> None:
         )
     config.stash[collector_key] = records.Collector()
     config.stash[per_test_key] = per_test = PerTest(config, resolved)
-    global _last_per_test
-    _last_per_test = per_test
-    config.add_cleanup(functools.partial(_forget, per_test))
     config.pluginmanager.register(per_test, "mlxcompile-per-test")
     config.stash[baseline_key] = (
         report.Baseline.load(resolved.compare) if resolved.compare else None
@@ -267,21 +263,8 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
 # trylast: after @pytest.mark.parametrize, so the mode comes last in ids: test_x[1-compiled].
 @pytest.hookimpl(trylast=True)
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    per_test = _last_per_test
-    if per_test is None or per_test.config is not metafunc.config:  # pytest run in-process
-        per_test = metafunc.config.stash[per_test_key]
+    per_test = metafunc.config.stash[per_test_key]
     variants.parametrize(metafunc, per_test.chosen, per_test.plans, _choose_modes)
-
-
-#: The newest session's PerTest: the common case of the hooks above without a stash lookup
-#: (a Python call per test function; benchmarks/run.py, P4).
-_last_per_test: PerTest | None = None
-
-
-def _forget(per_test: PerTest) -> None:
-    global _last_per_test
-    if _last_per_test is per_test:
-        _last_per_test = None
 
 
 # wrapper: what the collectors made, adjusted. pytest cannot parametrize a unittest.TestCase:
