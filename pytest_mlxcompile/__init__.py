@@ -63,6 +63,8 @@ def _install(mx: Any) -> None:
 # Instrument mx.compile the moment MLX loads (or now, if it has): max_recompiles() in a plain
 # script can only count traces of functions compiled through the instrumented compile. Outside a
 # test or a budget the instrumented function calls the real compiled one after one global read.
-_mlx.on_load(_install)
+#: Takes the hook back while MLX is not loaded (the plugin does at the end of its session: it
+#: has its own, and a hook left in sys.meta_path keeps the session alive at interpreter exit).
+_forget_mlx_hook = _mlx.on_load(_install)
 
 __version__ = "0.1.0"

@@ -8,6 +8,7 @@ already loaded.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.abc
 import importlib.machinery
 import sys
@@ -46,24 +47,45 @@ def _import_core() -> Any:
 
 
 class _Loader(importlib.abc.Loader):
-    def __init__(self, inner: importlib.abc.Loader, then: Callable[[ModuleType], None]) -> None:
+    def __init__(self, inner: importlib.abc.Loader, finder: _Finder) -> None:
         self._inner = inner
-        self._then = then
+        self._finder = finder
 
     def create_module(self, spec: importlib.machinery.ModuleSpec) -> ModuleType | None:
         return self._inner.create_module(spec)
 
     def exec_module(self, module: ModuleType) -> None:
+        # The module keeps the real loader, not this one, and the hook goes once it has run:
+        # neither may hold our code past its use. At interpreter exit an extension module
+        # (mlx.core) and sys.meta_path outlive the first garbage collection; through them our
+        # functions, their modules and (pytest rewrites a plugin's modules, whose __loader__
+        # holds the config) the whole session would wait for a second full collection, ~0.2 s
+        # for a 5,000-test suite (benchmarks/run.py, P4).
+        module.__loader__ = self._inner
+        if module.__spec__ is not None:
+            module.__spec__.loader = self._inner
         self._inner.exec_module(module)
-        self._then(module)
+        # every hook that waits for mlx.core runs now, not only the one that found it first
+        waiting = [f for f in sys.meta_path if isinstance(f, _Finder)]
+        if self._finder not in waiting:
+            waiting.append(self._finder)
+        for finder in waiting:
+            finder.remove()
+        for finder in waiting:
+            finder.then(module)
 
 
 class _Finder(importlib.abc.MetaPathFinder):
-    """Wraps the loader of ``mlx.core`` so ``then`` runs right after the module executes."""
+    """Wraps the loader of ``mlx.core`` so ``then`` runs right after the module executes; then
+    leaves ``sys.meta_path`` (a module loads once)."""
 
     def __init__(self, then: Callable[[ModuleType], None]) -> None:
-        self._then = then
+        self.then = then
         self._busy = False
+
+    def remove(self) -> None:
+        with contextlib.suppress(ValueError):  # gone already: undone, or another copy ran
+            sys.meta_path.remove(self)
 
     def find_spec(
         self,
@@ -80,7 +102,7 @@ class _Finder(importlib.abc.MetaPathFinder):
             self._busy = False
         if spec is None or spec.loader is None:
             return None
-        spec.loader = _Loader(spec.loader, self._then)
+        spec.loader = _Loader(spec.loader, self)
         return spec
 
 
@@ -99,12 +121,7 @@ def on_load(then: Callable[[ModuleType], None]) -> Callable[[], None]:
         return lambda: None
     finder = _Finder(then)
     sys.meta_path.insert(0, finder)
-
-    def undo() -> None:
-        if finder in sys.meta_path:
-            sys.meta_path.remove(finder)
-
-    return undo
+    return finder.remove
 
 
 def random_key_list() -> list[Any]:

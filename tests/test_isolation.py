@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
+
+import pytest_mlxcompile
+
 
 def test_a_test_that_disables_compile_does_not_change_what_the_next_test_sees(pytester, run):
     pytester.makepyfile(
@@ -156,4 +162,78 @@ def test_a_variant_ended_by_pytest_exit_leaves_compiled_functions_plain_after_th
     assert result.ret == 0, result.stderr.str()
     result.stdout.fnmatch_lines(
         ["*stopping mid-variant*", "ACTIVE AFTER: None", "PLAIN CALL: [[]2.0, 2.0, 2.0[]]"]
+    )
+
+
+# A conftest that records, when the interpreter exits, whether the run's config went in the first
+# garbage collection of the exit (module globals still set) or waited for the modules' clearing:
+# what keeps a session alive that long costs a large suite another full collection at exit.
+EXIT_PROBE = """
+import json, os
+
+class _Probe:
+    def __init__(self):
+        self.json, self.write, self.fd = json, os.write, os.open(
+            "freed.txt", os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+        )
+
+    def __del__(self):
+        when = b"the first collection" if self.json.dumps is not None else b"module clearing"
+        self.write(self.fd, b"config freed at " + when)
+
+def pytest_configure(config):
+    config._exit_probe = _Probe()
+"""
+
+
+@pytest.mark.parametrize("imports_mlx", [True, False], ids=["mlx-suite", "suite-without-mlx"])
+def test_the_session_is_freed_in_the_first_garbage_collection_at_interpreter_exit(
+    pytester, run, monkeypatch, imports_mlx
+):
+    # the package found on sys.path, as a regular install leaves it: then pytest rewrites the
+    # plugin's modules, and their __loader__ (pytest's import hook) holds the config
+    monkeypatch.setenv("PYTHONPATH", str(Path(pytest_mlxcompile.__file__).parent.parent))
+    pytester.makeconftest(EXIT_PROBE)
+    pytester.makepyfile(
+        test_a=("import mlx.core as mx\n" if imports_mlx else "")
+        + """
+        import pytest
+
+        @pytest.mark.compiled
+        def test_a():
+            pass
+        """.replace("\n        ", "\n")
+    )
+    result = run("-q")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["1 passed*"])
+    assert (pytester.path / "freed.txt").read_text() == "config freed at the first collection"
+
+
+def test_mlx_core_keeps_its_own_loader_and_no_import_hook_stays_once_it_has_loaded(pytester):
+    pytester.makepyfile(
+        script="""
+        import sys
+        from pytest_mlxcompile import _mlx
+
+        ran = []
+        _mlx.on_load(lambda mx: ran.append("first"))
+        _mlx.on_load(lambda mx: ran.append("second"))
+        import mlx.core as mx
+
+        print("RAN:", ran)
+        print("HOOKS LEFT:", [type(f).__name__ for f in sys.meta_path if isinstance(f, _mlx._Finder)])
+        print("LOADER:", type(mx.__loader__).__module__, type(mx.__spec__.loader).__module__)
+        print("PATCHED:", type(mx.compile(lambda x: x)).__name__)
+        """
+    )
+    result = pytester.runpython(pytester.path / "script.py")
+    assert result.ret == 0, result.stderr.str()
+    result.stdout.fnmatch_lines(
+        [
+            "RAN: [[]'second', 'first'[]]",
+            "HOOKS LEFT: [[][]]",
+            "LOADER: _frozen_importlib_external _frozen_importlib_external",
+            "PATCHED: InstrumentedFunction",
+        ]
     )
