@@ -63,8 +63,10 @@ def _install(mx: Any) -> None:
 # Instrument mx.compile the moment MLX loads (or now, if it has): max_recompiles() in a plain
 # script can only count traces of functions compiled through the instrumented compile. Outside a
 # test or a budget the instrumented function calls the real compiled one after one global read.
-#: Takes the hook back while MLX is not loaded (the plugin does at the end of its session: it
-#: has its own, and a hook left in sys.meta_path keeps the session alive at interpreter exit).
-_forget_mlx_hook = _mlx.on_load(_install)
+# The hook stays in sys.meta_path until MLX loads, also after a pytest session in this process
+# (a script's max_recompiles() after pytest.main()); in a process that never loads MLX it keeps
+# the plugin's modules, and through pytest's rewriting import hook a session, until the second
+# garbage collection at interpreter exit.
+_mlx.on_load(_install)
 
 __version__ = "0.1.0"

@@ -71,8 +71,14 @@ class _Loader(importlib.abc.Loader):
             waiting.append(self._finder)
         for finder in waiting:
             finder.remove()
-        for finder in waiting:
-            finder.then(module)
+        errors: list[BaseException] = []
+        for finder in waiting:  # one that fails does not keep the others from running
+            try:
+                finder.then(module)
+            except BaseException as exc:  # raised below, after the others ran
+                errors.append(exc)
+        if errors:
+            raise errors[0]
 
 
 class _Finder(importlib.abc.MetaPathFinder):

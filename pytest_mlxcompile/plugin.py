@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from _pytest.unittest import UnitTestCase
 
-import pytest_mlxcompile
 from pytest_mlxcompile import _mlx, hookspecs, records, settings, testcases, variants
 from pytest_mlxcompile.errors import ParityError
 from pytest_mlxcompile.isolation import GlobalState
@@ -92,9 +91,6 @@ def _patch_mlx(config: pytest.Config) -> None:
     if not patched_before:
         config.add_cleanup(_uninstall)
     config.add_cleanup(undo)
-    # The package's own hook (for scripts) too, if MLX never loaded: through sys.meta_path it
-    # would keep this session's objects alive into a second garbage collection at exit.
-    config.add_cleanup(pytest_mlxcompile._forget_mlx_hook)
 
 
 def _install(mx: Any) -> None:

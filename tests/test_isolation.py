@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
-
-import pytest
 
 import pytest_mlxcompile
 
@@ -186,23 +185,25 @@ def pytest_configure(config):
 """
 
 
-@pytest.mark.parametrize("imports_mlx", [True, False], ids=["mlx-suite", "suite-without-mlx"])
 def test_the_session_is_freed_in_the_first_garbage_collection_at_interpreter_exit(
-    pytester, run, monkeypatch, imports_mlx
+    pytester, run, monkeypatch
 ):
     # the package found on sys.path, as a regular install leaves it: then pytest rewrites the
     # plugin's modules, and their __loader__ (pytest's import hook) holds the config
-    monkeypatch.setenv("PYTHONPATH", str(Path(pytest_mlxcompile.__file__).parent.parent))
+    root = str(Path(pytest_mlxcompile.__file__).parent.parent)
+    monkeypatch.setenv(
+        "PYTHONPATH", os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
+    )
     pytester.makeconftest(EXIT_PROBE)
     pytester.makepyfile(
-        test_a=("import mlx.core as mx\n" if imports_mlx else "")
-        + """
+        test_a="""
+        import mlx.core as mx
         import pytest
 
         @pytest.mark.compiled
         def test_a():
             pass
-        """.replace("\n        ", "\n")
+        """
     )
     result = run("-q")
     result.assert_outcomes(passed=1)
@@ -237,3 +238,54 @@ def test_mlx_core_keeps_its_own_loader_and_no_import_hook_stays_once_it_has_load
             "PATCHED: InstrumentedFunction",
         ]
     )
+
+
+def test_a_script_that_runs_pytest_before_importing_mlx_still_gets_the_instrumented_compile(
+    pytester,
+):
+    pytester.makepyfile(test_plain="def test_a():\n    pass\n")
+    pytester.makepyfile(
+        script="""
+        import pytest
+
+        pytest.main(["-q", "-p", "no:cacheprovider", "test_plain.py"])  # MLX never loaded
+        import mlx.core as mx
+        from pytest_mlxcompile import RecompileError, max_recompiles
+
+        f = mx.compile(lambda x: x * 2)
+        print("TYPE:", type(f).__name__)
+        try:
+            with max_recompiles(0):
+                f(mx.ones(2))
+                f(mx.ones(3))
+        except RecompileError:
+            print("BUDGET: enforced")
+        """
+    )
+    result = pytester.runpython(pytester.path / "script.py")
+    assert result.ret == 0, result.stderr.str()
+    result.stdout.fnmatch_lines(["1 passed*", "TYPE: InstrumentedFunction", "BUDGET: enforced"])
+
+
+def test_a_hook_that_fails_when_mlx_loads_does_not_keep_the_other_hooks_from_running(pytester):
+    pytester.makepyfile(
+        script="""
+        from pytest_mlxcompile import _mlx
+
+        ran = []
+        _mlx.on_load(lambda mx: ran.append("kept"))
+
+        def fails(mx):
+            raise ValueError("boom")
+
+        _mlx.on_load(fails)
+        try:
+            import mlx.core
+        except ValueError as exc:
+            print("RAISED:", exc)
+        print("RAN:", ran)
+        """
+    )
+    result = pytester.runpython(pytester.path / "script.py")
+    assert result.ret == 0, result.stderr.str()
+    result.stdout.fnmatch_lines(["RAISED: boom", "RAN: [[]'kept'[]]"])
