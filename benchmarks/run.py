@@ -11,7 +11,7 @@ P1  hot path: the per-call cost of an instrumented compiled call of a tiny lazy 
 P2  timing fidelity: ``--mlx-timings`` against an independent reference loop (warm-up,
     ``mx.eval`` per call, median of 7 blocks of 50 calls, one ``mx.synchronize`` per block) run in
     the same pytest process just before and just after the plugin times the same call (their
-    mean); eager median, compiled median and speedup within 5%, medians over at least 5
+    mean); eager median, compiled median and speedup within 5%, medians over at least 9
     repeats on a GPU and 15 on a CPU, whose noise needs them.
 P3  suite cost: ``examples/`` under ``--mlx-compile-matrix`` with every check on, against checks
     off (``--mlx-parity=off --mlx-sanitize=off``), kernels warm (goal <= 1.5x).
@@ -342,7 +342,7 @@ def p2(repeats: int, quick: bool) -> list[Row]:
     # On a shared CPU the reference loop disagrees with itself by 15-40% between two runs
     # seconds apart in one process (docs/performance.md): the median over repeats needs more
     # of them there to settle within the 5% goal.
-    repeats = max(repeats, 5 if gpu() else 15) if not quick else repeats
+    repeats = max(repeats, 9 if gpu() else 15) if not quick else repeats
     ref: dict[str, list[tuple[float, float]]] = {k: [] for k in shapes}
     got: dict[str, list[tuple[float, float]]] = {k: [] for k in shapes}
     with tempfile.TemporaryDirectory() as tmp:
