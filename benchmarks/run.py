@@ -332,17 +332,19 @@ P2_TEST = textwrap.dedent(
 
 
 def p2(repeats: int, quick: bool) -> list[Row]:
+    on_gpu = gpu()
     # GPU: the size from issue 9; CPU: eager ~1-5 ms (erf dominates MLX's CPU GELU); small ~50 us
     shapes = (
         {"large": (32, 1000, 4096), "small": (1000, 4096)}
-        if gpu()
+        if on_gpu
         else {"large": (16, 1024), "small": (2, 128)}
     )
     env = {f"P2_{k.upper()}": ",".join(map(str, v)) for k, v in shapes.items()}
     # On a shared CPU the reference loop disagrees with itself by 15-40% between two runs
     # seconds apart in one process (docs/performance.md): the median over repeats needs more
     # of them there to settle within the 5% goal.
-    repeats = max(repeats, 9 if gpu() else 15) if not quick else repeats
+    if not quick:
+        repeats = max(repeats, 9 if on_gpu else 15)
     ref: dict[str, list[tuple[float, float]]] = {k: [] for k in shapes}
     got: dict[str, list[tuple[float, float]]] = {k: [] for k in shapes}
     with tempfile.TemporaryDirectory() as tmp:
