@@ -15,9 +15,10 @@ from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from _pytest.reports import CollectErrorRepr
 from _pytest.unittest import UnitTestCase
 
-from pytest_mlxcompile import _mlx, hookspecs, records, settings, testcases, variants
+from pytest_mlxcompile import _mlx, hookspecs, records, settings, variants
 from pytest_mlxcompile.errors import ParityError
 from pytest_mlxcompile.isolation import GlobalState
 from pytest_mlxcompile.markers import MARKER_HELP, MarkerError
@@ -56,6 +57,7 @@ if TYPE_CHECKING:
         report,
         sanitize,
         shapeless_probe,
+        testcases,
         timing,
     )
 else:
@@ -66,6 +68,7 @@ else:
     report = _Lazy("report")
     sanitize = _Lazy("sanitize")
     shapeless_probe = _Lazy("shapeless_probe")
+    testcases = _Lazy("testcases")
     timing = _Lazy("timing")
 
 settings_key = pytest.StashKey[settings.Settings]()
@@ -267,23 +270,41 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     variants.parametrize(metafunc, per_test.chosen, per_test.plans, _choose_modes)
 
 
-# wrapper: what the collectors made, adjusted. pytest cannot parametrize a unittest.TestCase:
-# swap the collector its unittest plugin makes for one that gives each member method one item
-# per mode (testcases.py). A parametrize case's own ``compiled`` marker is validated here (one
+# wrapper: what each module's and class's collector made, adjusted (once per collector: a hook
+# on each name, pytest_pycollect_makeitem, costs a suite of trivial tests ~0.4%, benchmarks/run.py
+# P4). pytest cannot parametrize a unittest.TestCase: its methods' items are replaced by one per
+# mode (testcases.py). A parametrize case's own ``compiled`` marker is validated here (one
 # collection error naming the case), and its ``modes=`` honoured by deselecting the variants it
 # excludes.
 @pytest.hookimpl(wrapper=True)
-def pytest_pycollect_makeitem(
-    collector: pytest.Module | pytest.Class, name: str, obj: object
-) -> Generator[None, object, object]:
-    result = yield
-    if not isinstance(result, list):
-        if type(result) is not UnitTestCase:  # a class, None, another plugin's subclass
-            return result
-        return testcases.swap_collector(result, collector.config.stash[settings_key])
-    if not result:
-        return result
-    kept, dropped = variants.check_cases(result)
+def pytest_make_collect_report(
+    collector: pytest.Collector,
+) -> Generator[None, pytest.CollectReport, pytest.CollectReport]:
+    report = yield
+    nodes = report.result
+    if not nodes or not isinstance(collector, (pytest.Module, pytest.Class)):
+        return report
+    call = pytest.CallInfo.from_call(
+        lambda: _adjust(collector, nodes), "collect", reraise=(KeyboardInterrupt, SystemExit)
+    )
+    if call.excinfo is None:
+        report.result = call.result
+        return report
+    # what pytest makes of an error raised while collecting
+    longrepr = collector.repr_failure(call.excinfo)
+    if not hasattr(longrepr, "toterminal"):
+        longrepr = CollectErrorRepr(str(longrepr))
+    failed = pytest.CollectReport(collector.nodeid, "failed", longrepr, None)
+    failed.call = call  # type: ignore[attr-defined]  # as pytest's own collect reports
+    return failed
+
+
+def _adjust(
+    collector: pytest.Collector, nodes: list[pytest.Item | pytest.Collector]
+) -> list[pytest.Item | pytest.Collector]:
+    if type(collector) is UnitTestCase:  # pytest's own, not another plugin's subclass
+        return testcases.expand(collector, nodes, collector.config.stash[settings_key])
+    kept, dropped = variants.check_cases(nodes)
     if dropped:
         collector.config.hook.pytest_deselected(items=dropped)
     return kept

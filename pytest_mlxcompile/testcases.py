@@ -2,13 +2,15 @@
 
 pytest collects a TestCase method as a ``TestCaseFunction`` named after the method and never asks
 ``pytest_generate_tests`` about it, so ``metafunc.parametrize`` cannot give it variants. Instead,
-the collector pytest makes for a TestCase class is swapped for ``MatrixTestCase``, whose
-``collect`` replaces each member method with one ``TestCaseVariant`` per mode, named like a
-parametrized variant (``test_x[eager]``, ``test_x[compiled]``, ``test_x[shapeless]``) and carrying
-its mode in ``item.stash[variants.MODE_KEY]`` (read by ``variants.plan``).
+what pytest's collector of a TestCase class collects is adjusted (``expand``, from the plugin's
+``pytest_make_collect_report`` wrapper): each member method is replaced with one
+``TestCaseVariant`` per mode, named like a parametrized variant (``test_x[eager]``,
+``test_x[compiled]``, ``test_x[shapeless]``) and carrying its mode in
+``item.stash[variants.MODE_KEY]`` (read by ``variants.plan``).
 
 The hack, kept to what pytest 8.4 and 9 share (``_pytest.unittest`` is not public API):
-- ``MatrixTestCase`` subclasses ``UnitTestCase`` and only filters what its ``collect`` yields;
+- pytest's ``UnitTestCase`` collector is kept as it is; only the items its ``collect`` made are
+  replaced;
 - ``TestCaseVariant`` subclasses ``TestCaseFunction`` and only overrides ``_getinstance``: pytest
   builds the TestCase instance from ``self.name``, which here carries the mode; it must be built
   from the method name, ``originalname`` (as ``Function`` does for ``obj``); the first instance
@@ -20,7 +22,7 @@ rebinds its tracing wrapper under ``self.name``).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 
 import pytest
 from _pytest.unittest import TestCaseFunction, UnitTestCase
@@ -29,7 +31,7 @@ from pytest_mlxcompile import variants
 from pytest_mlxcompile.markers import CompiledMarker, MarkerError, from_item
 from pytest_mlxcompile.settings import Settings
 
-__all__ = ["MatrixTestCase", "TestCaseVariant", "swap_collector"]
+__all__ = ["TestCaseVariant", "expand"]
 
 
 class TestCaseVariant(TestCaseFunction):
@@ -42,35 +44,25 @@ class TestCaseVariant(TestCaseFunction):
         return self.parent.obj(self.originalname)
 
 
-class MatrixTestCase(UnitTestCase):
-    """A TestCase class whose member methods come out as one item per mode."""
-
-    __test__ = False
-    settings: Settings
-
-    def collect(self) -> Iterable[pytest.Item | pytest.Collector]:
-        expanded = []
-        for node in super().collect():
-            # another plugin's item type (a subclass) is left as it is
-            if type(node) is TestCaseFunction:
-                items = list(_expand(node, self.settings))
-                if items != [node]:
-                    expanded.append(node.name)
-                yield from items
-            else:
-                yield node
-        # more than the plugin's own (trylast) answer: a conftest or plugin implements the hook
-        if expanded and len(self.ihook.pytest_mlxcompile_modes.get_hookimpls()) > 1:
-            self.warn(pytest.PytestWarning(_hook_not_asked(self.name, expanded)))
-
-
-def swap_collector(result: UnitTestCase, settings: Settings) -> MatrixTestCase:
-    """pytest's own TestCase collector (exactly that type: another plugin's subclass is left
-    as it is), replaced by one that gives member methods their variants."""
-    assert isinstance(result.parent, (pytest.Module, pytest.Class))
-    swapped = MatrixTestCase.from_parent(result.parent, name=result.name, obj=result.obj)
-    swapped.settings = settings
-    return swapped
+def expand(
+    collector: UnitTestCase, nodes: list[pytest.Item | pytest.Collector], settings: Settings
+) -> list[pytest.Item | pytest.Collector]:
+    """What pytest's collector of a TestCase class made, with each member method replaced by
+    its variants (another plugin's item type, a subclass, is left as it is)."""
+    out: list[pytest.Item | pytest.Collector] = []
+    expanded = []
+    for node in nodes:
+        if type(node) is TestCaseFunction:
+            items = list(_expand(node, settings))
+            if items != [node]:
+                expanded.append(node.name)
+            out += items
+        else:
+            out.append(node)
+    # more than the plugin's own (trylast) answer: a conftest or plugin implements the hook
+    if expanded and len(collector.ihook.pytest_mlxcompile_modes.get_hookimpls()) > 1:
+        collector.warn(pytest.PytestWarning(_hook_not_asked(collector.name, expanded)))
+    return out
 
 
 def _expand(item: TestCaseFunction, settings: Settings) -> Iterator[pytest.Item]:

@@ -141,14 +141,16 @@ def _cases_marked(metafunc: pytest.Metafunc) -> bool:
     return False
 
 
-def check_cases(items: list[pytest.Item]) -> tuple[list[pytest.Item], list[pytest.Item]]:
+def check_cases(
+    items: list[pytest.Item | pytest.Collector],
+) -> tuple[list[pytest.Item | pytest.Collector], list[pytest.Item]]:
     """(kept, deselected): validate the markers of parametrize cases, and drop the matrix
     variants a case's own ``modes=`` excludes (the function's own marker narrowed the matrix
     already). A bad case marker is one collection error naming the case and the argument."""
     dropped: list[pytest.Item] = []
     for item in items:
         callspec = getattr(item, "callspec", None)
-        if callspec is None:  # not parametrized: what most tests are
+        if callspec is None or not isinstance(item, pytest.Function):  # most tests, collectors
             continue
         for mark in callspec.marks:
             if mark.name == MARKER:
