@@ -354,3 +354,38 @@ def test_a_modes_hook_is_not_silently_ignored_for_testcase_methods(pytester, run
             " Metafunc, and pytest makes none for TestCase methods; *",
         ]
     )
+
+
+def test_pytest_s_testcase_collector_is_kept_so_what_a_conftest_set_on_it_reaches_the_variants(
+    pytester, run
+):
+    # the plugin replaces the collector's items, never the collector: an attribute a conftest's
+    # collection hook sets on it, and its type, are what the variants' parent has
+    pytester.makeconftest(
+        """
+        import unittest
+        import pytest
+
+        @pytest.hookimpl(wrapper=True)
+        def pytest_pycollect_makeitem(collector, name, obj):
+            result = yield
+            if isinstance(obj, type) and issubclass(obj, unittest.TestCase):
+                result.team = "kernels"
+            return result
+
+        @pytest.fixture(autouse=True)
+        def owner(request):
+            parent = request.node.parent
+            print(f"\\n{request.node.name}: {type(parent).__name__} of team {parent.team}")
+        """
+    )
+    pytester.makepyfile(SCALE_CASE)
+    result = run("--mlx-compile-matrix", "--mlx-matrix-scope=all", "-s")
+    result.assert_outcomes(passed=3)
+    result.stdout.fnmatch_lines(
+        [
+            "test_double[[]eager[]]: UnitTestCase of team kernels",
+            "test_double[[]compiled[]]: UnitTestCase of team kernels",
+            "test_double[[]shapeless[]]: UnitTestCase of team kernels",
+        ]
+    )
