@@ -17,7 +17,8 @@ P3  suite cost: ``examples/`` under ``--mlx-compile-matrix`` with every check on
     off (``--mlx-parity=off --mlx-sanitize=off``), kernels warm (goal <= 1.5x).
 P4  scale: 5,000 trivial tests, half marked ``compiled``, plugin loaded against
     ``-p no:mlxcompile`` (goal <= 1.05x): the pytest process's CPU time (wall time also shown),
-    median ratio of at least 7 alternated pairs.
+    median ratio of at least 7 alternated pairs. Where valgrind is installed, P4i also counts
+    the instructions of one run per side: a figure the load of a shared machine does not move.
 
 Child processes keep compiled modules (``__pycache__``) as Python does by default and as a pip
 install leaves a package, even where ``PYTHONDONTWRITEBYTECODE`` is set.
@@ -34,7 +35,9 @@ import contextlib
 import datetime
 import json
 import os
+import re
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -465,6 +468,7 @@ def p4(repeats: int, quick: bool) -> list[Row]:
             for key, args in order:
                 wall, cpu, _ = pytest_timed(["-q", *args], Path(tmp))
                 runs[key].append((wall, cpu))
+        counted = instructions({k: ["-q", *a] for k, a in sides.items()}, Path(tmp))
 
     def ratio(k: int) -> float:
         return statistics.median(
@@ -475,6 +479,20 @@ def p4(repeats: int, quick: bool) -> list[Row]:
         return statistics.median(r[k] for r in runs[key])
 
     value = ratio(1)
+    rows = []
+    if counted is not None:
+        on, off = counted["on"], counted["off"]
+        rows.append(
+            {
+                "id": "P4i",
+                "what": f"the same {count} tests: instructions the pytest process executes "
+                "(valgrind cachegrind; one run per side, PYTHONHASHSEED=0), plugin loaded vs "
+                "-p no:mlxcompile",
+                "measured": f"{on / off:.3f}x ({on / 1e6:,.0f} M vs {off / 1e6:,.0f} M)",
+                "goal": "<= 1.05x",
+                "verdict": verdict(on / off, 1.05),
+            }
+        )
     return [
         {
             "id": "P4",
@@ -484,8 +502,46 @@ def p4(repeats: int, quick: bool) -> list[Row]:
             f" wall {ratio(0):.3f}x, {median('on', 0):.2f} s vs {median('off', 0):.2f} s)",
             "goal": "<= 1.05x",
             "verdict": verdict(value, 1.05),
-        }
+        },
+        *rows,
     ]
+
+
+def instructions(sides: dict[str, list[str]], cwd: Path) -> dict[str, int] | None:
+    """Instructions each side's pytest process executes, counted by valgrind (one side after
+    the other: two at once would mark the machine contended), or None where valgrind is not
+    installed. A count does not move with the load of a shared machine, where a time ratio
+    cannot settle within 5% (docs/performance.md)."""
+    valgrind = shutil.which("valgrind")
+    if valgrind is None:
+        return None
+    env = {**child_env(), "PYTHONHASHSEED": "0"}
+    counts = {}
+    for key, args in sides.items():
+        proc = subprocess.run(
+            [
+                valgrind,
+                "--tool=cachegrind",
+                "--cache-sim=no",
+                "--cachegrind-out-file=/dev/null",
+                sys.executable,
+                "-m",
+                "pytest",
+                "-p",
+                "no:cacheprovider",
+                *args,
+            ],
+            cwd=cwd,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        match = re.search(r"I\s+refs:\s+([\d,]+)", proc.stderr)
+        if proc.returncode != 0 or match is None:
+            raise RuntimeError(f"valgrind on the {key} side failed:\n{proc.stderr[-3000:]}")
+        counts[key] = int(match.group(1).replace(",", ""))
+    return counts
 
 
 # the table --------------------------------------------------------------------------------
