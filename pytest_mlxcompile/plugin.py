@@ -259,8 +259,8 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
 
 # Module-level hooks, registered with the plugin (before conftests and the per-session object):
 # where they run among other plugins' hooks of the same kind decides test ids (the mode comes
-# after a conftest's trylast parametrize) and whether a conftest's collection wrapper sees our
-# TestCase collector.
+# after a conftest's trylast parametrize) and whether a conftest's collection wrapper runs
+# around ours.
 
 
 # trylast: after @pytest.mark.parametrize, so the mode comes last in ids: test_x[1-compiled].
