@@ -274,9 +274,11 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 # on each name, pytest_pycollect_makeitem, costs a suite of trivial tests ~0.4%, benchmarks/run.py
 # P4). pytest cannot parametrize a unittest.TestCase: its methods' items are replaced by one per
 # mode (testcases.py). A parametrize case's own ``compiled`` marker is validated here (one
-# collection error naming the case), and its ``modes=`` honoured by deselecting the variants it
-# excludes.
-@pytest.hookimpl(wrapper=True)
+# collection error naming the case); the variants its ``modes=`` excludes are noted, and
+# deselected with pytest's own selection (pytest_collection_modifyitems). trylast: the innermost
+# wrapper, so that other plugins' and conftests' wrappers see the adjusted nodes (a trylast one
+# registered later still runs inside this one).
+@pytest.hookimpl(wrapper=True, trylast=True)
 def pytest_make_collect_report(
     collector: pytest.Collector,
 ) -> Generator[None, pytest.CollectReport, pytest.CollectReport]:
@@ -304,10 +306,23 @@ def _adjust(
 ) -> list[pytest.Item | pytest.Collector]:
     if type(collector) is UnitTestCase:  # pytest's own, not another plugin's subclass
         return testcases.expand(collector, nodes, collector.config.stash[settings_key])
-    kept, dropped = variants.check_cases(nodes)
+    excluded = variants.check_cases(nodes)
+    if excluded:
+        collector.config.stash[per_test_key].excluded.update(excluded)
+    return nodes
+
+
+# trylast: after pytest's own selection (-k, -m, --deselect): the variants a case's ``modes=``
+# excludes are counted among the collected items, and as deselected only if still selected.
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    excluded = config.stash[per_test_key].excluded
+    if not excluded:
+        return
+    dropped = [item for item in items if item in excluded]
     if dropped:
-        collector.config.hook.pytest_deselected(items=dropped)
-    return kept
+        items[:] = [item for item in items if item not in excluded]
+        config.hook.pytest_deselected(items=dropped)
 
 
 def _choose_modes(
@@ -495,6 +510,8 @@ class PerTest:
         self.chosen = chosen
         self.collector = config.stash[collector_key]
         self.plans = variants.PlanCache()
+        #: matrix variants a parametrize case's ``modes=`` excludes (deselected after collection)
+        self.excluded: set[pytest.Item] = set()
         self.worker = _is_worker(config)
         #: a record for every variant, not only those that called compiled code: for the JSON
         #: and HTML reports, which list them all (and an xdist controller may write them)

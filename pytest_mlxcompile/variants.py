@@ -142,13 +142,11 @@ def _cases_marked(metafunc: pytest.Metafunc) -> bool:
     return False
 
 
-def check_cases(
-    items: list[pytest.Item | pytest.Collector],
-) -> tuple[list[pytest.Item | pytest.Collector], list[pytest.Item]]:
-    """(kept, deselected): validate the markers of parametrize cases, and drop the matrix
-    variants a case's own ``modes=`` excludes (the function's own marker narrowed the matrix
-    already). A bad case marker is one collection error naming the case and the argument."""
-    dropped: list[pytest.Item] = []
+def check_cases(items: list[pytest.Item | pytest.Collector]) -> list[pytest.Item]:
+    """Validate the markers of parametrize cases; return the matrix variants a case's own
+    ``modes=`` excludes (the function's own marker narrowed the matrix already), to deselect.
+    A bad case marker is one collection error naming the case and the argument."""
+    excluded: list[pytest.Item] = []
     for item in items:
         callspec = getattr(item, "callspec", None)
         if callspec is None or not isinstance(item, pytest.Function):  # most tests, collectors
@@ -169,11 +167,8 @@ def check_cases(
         mode = callspec.params.get(MODE_PARAM)
         allowed = marker.modes if marker is not None else None
         if isinstance(mode, Mode) and allowed is not None and mode not in allowed:
-            dropped.append(item)
-    if not dropped:
-        return items, dropped
-    gone = {id(item) for item in dropped}
-    return [item for item in items if id(item) not in gone], dropped
+            excluded.append(item)
+    return excluded
 
 
 class PlanCache:

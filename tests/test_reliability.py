@@ -349,6 +349,7 @@ def test_a_case_s_own_compiled_marker_narrows_its_modes_in_the_matrix(pytester, 
     result.assert_outcomes(passed=4, deselected=2)
     result.stdout.fnmatch_lines(
         [
+            "*collected 6 items / 2 deselected / 4 selected",
             "*test_case[[]broken-eager[]] PASSED*",
             "*test_case[[]fine-eager[]] PASSED*",
             "*test_case[[]fine-compiled[]] PASSED*",
@@ -356,6 +357,38 @@ def test_a_case_s_own_compiled_marker_narrows_its_modes_in_the_matrix(pytester, 
         ]
     )
     result.stdout.no_fnmatch_line("*broken-compiled*")
+
+
+def test_variants_a_case_excludes_count_as_deselected_only_when_the_user_selected_them(
+    pytester, run
+):
+    pytester.makepyfile(
+        test_sel="""
+        import pytest
+
+        @pytest.mark.parametrize(
+            "case", [pytest.param("eager only", marks=pytest.mark.compiled(modes=["eager"]))]
+        )
+        def test_case(case):
+            pass
+
+        def test_other():
+            pass
+        """
+    )
+    result = run("--mlx-compile-matrix", "--mlx-matrix-scope=all", "-v", "test_sel.py::test_other")
+    result.assert_outcomes(passed=3)
+    result.stdout.fnmatch_lines(["*collected 3 items"])
+    result.stdout.no_fnmatch_line("*collected 3 items / *")  # nothing deselected
+    result = run("--mlx-compile-matrix", "-v", "-k", "test_case and not shapeless")
+    # -k deselects two (shapeless, test_other), the case's modes= one (compiled)
+    result.assert_outcomes(passed=1, deselected=3)
+    result.stdout.fnmatch_lines(
+        [
+            "*collected 4 items / 3 deselected / 1 selected",
+            "*test_case[[]eager only-eager[]] PASSED*",
+        ]
+    )
 
 
 def test_a_case_marked_compiled_puts_its_test_in_the_matrix_without_a_function_marker(
