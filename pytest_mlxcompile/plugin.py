@@ -6,6 +6,7 @@ import contextlib
 import copy
 import dataclasses
 import importlib
+import inspect
 import json
 import os
 import sys
@@ -171,8 +172,26 @@ def pytest_configure(config: pytest.Config) -> None:
     )
     if config.pluginmanager.hasplugin("xdist"):
         config.pluginmanager.register(XdistHooks(config), "mlxcompile-xdist")
+    config.add_cleanup(_forget_static_lookups)
     if resolved.cov_context:
         _start_coverage_contexts(config)
+
+
+def _forget_static_lookups() -> None:
+    """Empty CPython 3.12's cache of ``inspect.getattr_static``, at the end of a session.
+
+    pluggy reads an instance plugin's hooks with ``getattr_static``, which on 3.12 keeps the
+    MRO of each class it saw in a ``functools.lru_cache`` (``_shadowed_dict_from_mro_tuple``;
+    3.13 keys it by weak references). Through this plugin's per-session classes, their
+    methods' globals and the module's ``__loader__`` (pytest's rewriting import hook, for a
+    plugin on sys.path or installed from a wheel), the cache keeps the config and the whole
+    session alive until the module clearing at exit, one more full garbage collection
+    (tests/test_isolation.py). The cache only saves time; emptying it loses nothing else.
+    """
+    cache = getattr(inspect, "_shadowed_dict_from_mro_tuple", None)
+    clear = getattr(cache, "cache_clear", None)
+    if clear is not None:
+        clear()
 
 
 def _start_coverage_contexts(config: pytest.Config) -> None:

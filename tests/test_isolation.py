@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
-
-import pytest
 
 import pytest_mlxcompile
 
@@ -188,12 +185,6 @@ def pytest_configure(config):
 """
 
 
-@pytest.mark.xfail(
-    sys.version_info[:2] == (3, 12),
-    reason="on CPython 3.12 something else still keeps the plugin's modules (and the session) "
-    "until the module clearing at exit; not found yet (docs/performance.md)",
-    strict=True,
-)
 def test_the_session_is_freed_in_the_first_garbage_collection_at_interpreter_exit(
     pytester, run, monkeypatch
 ):
