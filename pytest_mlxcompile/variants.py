@@ -40,7 +40,6 @@ MODE_PARAM = "mlx_mode"
 #: (testcases.py), which pytest cannot parametrize.
 MODE_KEY = pytest.StashKey[Mode]()
 _FIXTURES = frozenset({"mlx_compile", "mlx_recompiles", MODE_PARAM})
-_Function = pytest.Function
 
 
 @dataclass(frozen=True)
@@ -207,29 +206,15 @@ class PlanCache:
 def plan(item: pytest.Item, settings: Settings, cache: PlanCache) -> VariantPlan | None:
     """The mode and checks for this test, or None when the plugin leaves it alone.
 
-    Asked for every test, so a test the plugin leaves alone is ruled out in this one frame
-    (what ``PlanCache.applies`` and ``matrix_mode`` tell, inlined: each call costs a suite of
-    trivial tests ~0.05%, benchmarks/run.py P4); a plan is made once per marker and mode
-    (``cache``, kept for one session: a plan depends on the settings too), and markers are
-    parsed once (``markers.from_item``).
+    Asked for every test, so a test the plugin leaves alone is ruled out with a few dict
+    lookups; a plan is made once per marker and mode (``cache``, kept for one session: a
+    plan depends on the settings too), and markers are parsed once (``markers.from_item``).
     """
-    if not isinstance(item, _Function):
+    if not isinstance(item, pytest.Function):
         return None
     # the item's own markers are its function's and its parametrize case's
-    for mark in item.own_markers:
-        if mark.name == MARKER:
-            marked = True
-            break
-    else:
-        parent = item.parent
-        known = cache.parents.get(id(parent))
-        marked = cache.marked(parent) if known is None else known
-    # getattr with a default, never vars(): see matrix_mode
-    callspec = getattr(item, "callspec", None)
-    mode = callspec.params.get(MODE_PARAM) if callspec is not None else None
-    if not isinstance(mode, Mode):
-        mode = None if type(item) is _Function else item.stash.get(MODE_KEY, None)
-    marker = from_item(item) if marked else None  # validated at collection
+    marker = from_item(item) if cache.applies(item) else None  # validated at collection
+    mode = matrix_mode(item)
     if mode is None:
         if marker is None and settings.scope != "all" and _FIXTURES.isdisjoint(item.fixturenames):
             return None
@@ -237,9 +222,9 @@ def plan(item: pytest.Item, settings: Settings, cache: PlanCache) -> VariantPlan
         mode = Mode.COMPILED if allowed is None or Mode.COMPILED in allowed else allowed[0]
     marker = marker or BARE
     key = (id(marker), mode)
-    planned = cache.plans.get(key)
-    if planned is not None:
-        return planned[1]
+    known = cache.plans.get(key)
+    if known is not None:
+        return known[1]
     made = VariantPlan(
         mode=mode,
         parity=marker.parity or settings.parity,
