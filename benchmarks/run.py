@@ -34,6 +34,7 @@ import argparse
 import contextlib
 import datetime
 import json
+import math
 import os
 import re
 import resource
@@ -148,6 +149,30 @@ def gpu() -> bool:
 def verdict(value: float, goal: float, *, at_most: bool = True) -> str:
     ok = value <= goal if at_most else value >= goal
     return "pass" if ok else "MISS"
+
+
+def median_interval(values: list[float]) -> tuple[float, float, float]:
+    """A distribution-free confidence interval for the median of ``values``: the order
+    statistics ``x(k)`` and ``x(n+1-k)`` with the largest ``k`` that keeps the confidence at or
+    above 95% (at least ``k = 1``: the smallest and largest value), and that confidence, ``1 -
+    2 P(B <= k-1)`` for B ~ Binomial(n, 1/2). On a shared machine it says whether a median ratio
+    has settled, without assuming how the noise is distributed."""
+    ordered = sorted(values)
+    n = len(ordered)
+
+    def confidence(k: int) -> float:
+        return 1 - 2 * sum(math.comb(n, i) for i in range(k)) / (1 << n)
+
+    k = 1
+    while k + 1 <= (n + 1) // 2 and confidence(k + 1) >= 0.95:
+        k += 1
+    return ordered[k - 1], ordered[n - k], confidence(k)
+
+
+def interval_text(values: list[float], *, percent: bool = False) -> str:
+    low, high, level = median_interval(values)
+    shown = (f"{low:+.1%}", f"{high:+.1%}") if percent else (f"{low:.3f}x", f"{high:.3f}x")
+    return f"{level:.0%} interval {shown[0]} to {shown[1]}"
 
 
 # P1: hot path -----------------------------------------------------------------------------
@@ -380,9 +405,12 @@ def p2(repeats: int, quick: bool) -> list[Row]:
     rows = []
     for name, shape in shapes.items():
         pairs = list(zip(ref[name], got[name], strict=True))
-        e = statistics.median(g[0] / r[0] - 1 for r, g in pairs)
-        c = statistics.median(g[1] / r[1] - 1 for r, g in pairs)
-        s = statistics.median((g[0] / g[1]) / (r[0] / r[1]) - 1 for r, g in pairs)
+        deviations = {
+            "eager": [g[0] / r[0] - 1 for r, g in pairs],
+            "compiled": [g[1] / r[1] - 1 for r, g in pairs],
+            "speedup": [(g[0] / g[1]) / (r[0] / r[1]) - 1 for r, g in pairs],
+        }
+        e, c, s = (statistics.median(v) for v in deviations.values())
         r_e = statistics.median(r[0] for r, _ in pairs)
         r_c = statistics.median(r[1] for r, _ in pairs)
         g_e = statistics.median(g[0] for _, g in pairs)
@@ -395,7 +423,10 @@ def p2(repeats: int, quick: bool) -> list[Row]:
                 "measured": (
                     f"eager {fmt(g_e)} vs {fmt(r_e)} ({e:+.1%}), compiled {fmt(g_c)} vs "
                     f"{fmt(r_c)} ({c:+.1%}), speedup {g_e / g_c:.2f}x vs {r_e / r_c:.2f}x "
-                    f"({s:+.1%})"
+                    f"({s:+.1%}); "
+                    + "; ".join(
+                        f"{k} {interval_text(v, percent=True)}" for k, v in deviations.items()
+                    )
                 ),
                 "goal": "each within 5%",
                 "verdict": "pass" if worst <= 0.05 else "MISS",
@@ -475,10 +506,11 @@ def p4(repeats: int, quick: bool) -> list[Row]:
         else:
             failure = ""
 
+    def ratios(k: int) -> list[float]:
+        return [on[k] / off[k] for on, off in zip(runs["on"], runs["off"], strict=True)]
+
     def ratio(k: int) -> float:
-        return statistics.median(
-            on[k] / off[k] for on, off in zip(runs["on"], runs["off"], strict=True)
-        )
+        return statistics.median(ratios(k))
 
     def median(key: str, k: int) -> float:
         return statistics.median(r[k] for r in runs[key])
@@ -513,8 +545,9 @@ def p4(repeats: int, quick: bool) -> list[Row]:
             "id": "P4",
             "what": f"{count} trivial tests, half marked: plugin loaded vs -p no:mlxcompile "
             f"(CPU time of the pytest process, median of {pairs} alternated pairs)",
-            "measured": f"{value:.3f}x ({median('on', 1):.2f} s vs {median('off', 1):.2f} s CPU;"
-            f" wall {ratio(0):.3f}x, {median('on', 0):.2f} s vs {median('off', 0):.2f} s)",
+            "measured": f"{value:.3f}x ({median('on', 1):.2f} s vs {median('off', 1):.2f} s CPU,"
+            f" {interval_text(ratios(1))}; wall {ratio(0):.3f}x, {median('on', 0):.2f} s vs "
+            f"{median('off', 0):.2f} s)",
             "goal": "<= 1.05x",
             "verdict": verdict(value, 1.05),
         },
