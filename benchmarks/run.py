@@ -23,8 +23,10 @@ P4  scale: 5,000 trivial tests, half marked ``compiled``, plugin loaded against
 Child processes keep compiled modules (``__pycache__``) as Python does by default and as a pip
 install leaves a package, even where ``PYTHONDONTWRITEBYTECODE`` is set.
 
-Figures are medians over ``--repeats`` alternated repetitions. A machine under load (the load
-average above its cores) is labelled "contended": read those ratios with that in mind.
+Figures are medians over ``--repeats`` alternated repetitions; P2 and P4 print an interval for
+each median they judge by (sign-test order statistics, see ``median_interval``). A machine under
+load (the load average above 3/4 of its cores) is labelled "contended": read those ratios with
+that in mind.
 ``--out DIR`` also writes ``benchmarks.md`` and ``benchmarks.json`` there.
 """
 

@@ -26,7 +26,16 @@ def run_py() -> ModuleType:
 @pytest.mark.parametrize(
     ("n", "k", "confidence"),
     # the order statistics of the usual sign-test tables for a 95% interval of the median
-    [(7, 1, 0.984375), (9, 2, 0.9609375), (15, 4, 0.96484375), (21, 6, 0.97339630)],
+    # (and below 6 values, the whole range at the level it reaches)
+    [
+        (1, 1, 0.0),
+        (2, 1, 0.5),
+        (7, 1, 0.984375),
+        (9, 2, 0.9609375),
+        (10, 2, 0.978515625),
+        (15, 4, 0.96484375),
+        (21, 6, 0.97339630),
+    ],
 )
 def test_the_median_interval_is_the_order_statistics_a_sign_test_table_gives(
     run_py: ModuleType, n: int, k: int, confidence: float
