@@ -158,7 +158,8 @@ def median_interval(values: list[float]) -> tuple[float, float, float]:
     statistics ``x(k)`` and ``x(n+1-k)`` with the largest ``k`` that keeps the confidence at or
     above 95% (at least ``k = 1``: the smallest and largest value), and that confidence, ``1 -
     2 P(B <= k-1)`` for B ~ Binomial(n, 1/2). On a shared machine it says whether a median ratio
-    has settled, without assuming how the noise is distributed."""
+    has settled, assuming only that the values are independent and alike, not how the noise is
+    distributed."""
     ordered = sorted(values)
     n = len(ordered)
 
