@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator, Sequence
 from types import FrameType
 from typing import TYPE_CHECKING, Any, SupportsIndex
 
-from pytest_mlxcompile import _mlx, locations
+from pytest_mlxcompile import _mlx, isolation, locations
 from pytest_mlxcompile.budget_bytes import estimate_bytes, format_bytes
 from pytest_mlxcompile.compile_switch import CompileSwitch
 from pytest_mlxcompile.errors import (
@@ -300,6 +300,7 @@ def install(mx: Any) -> None:
     mx.compile = instrumented_compile
     mx.enable_compile = patches.switch.enable
     mx.disable_compile = patches.switch.disable
+    isolation.switch = patches.switch  # what each test's restore puts back
     for name in _TRANSFORMS:
         if name in patches.originals:
             setattr(mx, name, _marking_transform(patches.originals[name]))
@@ -319,6 +320,7 @@ def uninstall() -> None:
     for name, original in _patches.originals.items():
         setattr(_patches.mx, name, original)
     _patches = None
+    isolation.switch = None
 
 
 def _marking_transform(transform: Callable[..., Any]) -> Callable[..., Any]:

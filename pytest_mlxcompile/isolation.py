@@ -18,15 +18,19 @@ __all__ = ["GlobalState"]
 _MLX_CORE = _mlx.MLX_CORE
 _new = object.__new__
 
+#: The compile switch of the instrumented ``mlx.core`` (``instrument.install`` sets it, and
+#: ``uninstall`` clears it): read once per test, where looking it up through the module would
+#: cost two calls (benchmarks/run.py, P4).
+switch: Any = None
+
 
 class GlobalState:
     """Captured and put back around every test: a plain class with slots, cheap (P4)."""
 
-    __slots__ = ("device", "keys", "mx", "random_key", "stream")
+    __slots__ = ("keys", "mx", "random_key", "stream")
 
     mx: Any
-    device: Any
-    stream: Any
+    stream: Any  # the default device's default stream: its ``device`` is the default device
     keys: list[Any]  # this thread's key list (MLX keeps it for the thread's life)
     random_key: Any
 
@@ -39,29 +43,26 @@ class GlobalState:
         # filled here, not by an __init__: one frame less for every test (benchmarks, P4)
         saved = _new(cls)
         saved.mx = mx
-        saved.device = device = mx.default_device()
-        saved.stream = mx.default_stream(device)
+        saved.stream = mx.default_stream(mx.default_device())
         saved.keys = keys = _mlx.random_key_list()
         saved.random_key = keys[0] if keys else None
         return saved
 
     def restore(self) -> tuple[str, ...]:
         """Put the state back; returns what had to be repaired that the user should know."""
+        if switch is not None and switch.touched:
+            switch.restore()
         mx = self.mx
-        # instrument comes with mlx.core (the package's import hook): not imported here, so that
-        # importing the plugin loads neither
-        instrument = sys.modules.get("pytest_mlxcompile.instrument")
-        patches = instrument.installed() if instrument is not None else None
-        if patches is not None and patches.switch.touched:
-            patches.switch.restore()
+        stream = self.stream
         # One comparison in the common case: another device, or another default stream of
         # this one, gives another stream here. ``not ==``: MLX's objects define only __eq__,
         # and != finds it after a slow search (3x the time; this runs for every test).
-        if not mx.default_stream(mx.default_device()) == self.stream:  # noqa: SIM201
-            if mx.default_device() != self.device:
-                mx.set_default_device(self.device)
-            if mx.default_stream(self.device) != self.stream:
-                mx.set_default_stream(self.stream)
+        if not mx.default_stream(mx.default_device()) == stream:  # noqa: SIM201
+            device = stream.device
+            if mx.default_device() != device:
+                mx.set_default_device(device)
+            if mx.default_stream(device) != stream:
+                mx.set_default_stream(stream)
         keys = self.keys
         # Every change of the key (a random call, a seed, a compile that writes a tracer into
         # it) puts a new array object in the list: the same object as before the test is the

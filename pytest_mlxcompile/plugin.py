@@ -167,7 +167,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[collector_key] = records.Collector()
     config.stash[per_test_key] = per_test = PerTest(config, resolved)
     config.pluginmanager.register(per_test, "mlxcompile-per-test")
-    config.stash[baseline_key] = (
+    config.stash[baseline_key] = per_test.baseline = (
         report.Baseline.load(resolved.compare) if resolved.compare else None
     )
     if config.pluginmanager.hasplugin("xdist"):
@@ -538,6 +538,8 @@ class PerTest:
             self.worker or chosen.report_json is not None or chosen.report_html is not None
         )
         self.cov_context = False  # --mlx-cov-context, set by _start_coverage_contexts
+        #: --mlx-compare's baseline (set at configure), read after every passed variant
+        self.baseline: report.Baseline | None = None
         #: the test in progress, and what the plugin keeps about it (None: it is left alone)
         self.item: pytest.Item | None = None
         self.nodeid = ""
@@ -554,13 +556,16 @@ class PerTest:
         if self.item is not item:
             return None
         if self.variant is None and create:
+            self.nodeid = item.nodeid
             self.variant = _Variant()
         return self.variant
 
     # tryfirst: the variant must be active before any fixture's setup calls compiled code.
     @pytest.hookimpl(wrapper=True, tryfirst=True)
     def pytest_runtest_setup(self, item: pytest.Item) -> Generator[None]:
-        self.item, self.nodeid, self.variant, self.saved = item, item.nodeid, None, None
+        # (self.nodeid is set by _start for a test the plugin runs: pytest 9 makes nodeid a
+        # property, two calls for every test)
+        self.item, self.variant, self.saved = item, None, None
         # Nothing here may raise before the yield: the other plugins' setup must run, their
         # teardown relies on it (pytest's logging plugin fails with a KeyError otherwise).
         error: BaseException | None = None
@@ -587,11 +592,13 @@ class PerTest:
         if plan is None:
             return
         _mlx.core()  # loading mlx.core applies the patch
+        self.nodeid = item.nodeid
         self.variant = variant = _Variant(plan)
         if self.cov_context:
             variant.coverage = cov = _coverage()
             coverage_context.switch(cov, _cov_context(item, plan.mode))
-        instrument.check_compile_on(plan.mode)
+        if plan.mode is not Mode.EAGER:
+            instrument.check_compile_on(plan.mode)
         # built when the test first needs it: most trivial tests never call compiled code
         instrument.start_later(lambda: self._run(item, variant))
 
@@ -665,7 +672,7 @@ class PerTest:
             emit = _emit_to(item)
             for entry in timings:
                 emit("timing", entry.to_json())
-        if self.config.stash[baseline_key] is not None:
+        if self.baseline is not None:
             _gate(item, timings)
 
     def _parity_failed(self, exc: ParityError) -> None:
@@ -711,7 +718,9 @@ class PerTest:
             else:
                 variant.reports.append(report)
         # on an xdist controller this sees every worker's reports too
-        if when != "setup" and when != "call":  # teardown, or a crashed worker's
+        if when == "teardown" and getattr(report, "mlx_record", None) is None:
+            self.collector.finished += 1  # what Collector.add does here, without its call (P4)
+        elif when != "setup" and when != "call":  # a variant's teardown, or a crashed worker's
             self.collector.add(report)
 
     def _record(self, item: pytest.Item, variant: _Variant, test_report: pytest.TestReport) -> None:
