@@ -9,9 +9,12 @@ poisons it until the next seed, probe §5).
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pytest_mlxcompile import _mlx
+
+if TYPE_CHECKING:
+    from pytest_mlxcompile.compile_switch import CompileSwitch
 
 __all__ = ["GlobalState"]
 
@@ -20,8 +23,9 @@ _new = object.__new__
 
 #: The compile switch of the instrumented ``mlx.core`` (``instrument.install`` sets it, and
 #: ``uninstall`` clears it): read once per test, where looking it up through the module would
-#: cost two calls (benchmarks/run.py, P4).
-switch: Any = None
+#: cost two calls (benchmarks/run.py, P4). Read it as ``isolation.switch``: a name imported
+#: from here would keep the value it had then.
+switch: CompileSwitch | None = None
 
 
 class GlobalState:

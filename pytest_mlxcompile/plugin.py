@@ -542,6 +542,7 @@ class PerTest:
         self.baseline: report.Baseline | None = None
         #: the test in progress, and what the plugin keeps about it (None: it is left alone)
         self.item: pytest.Item | None = None
+        #: the nodeid of the test whose variant this is: current while ``variant`` is not None
         self.nodeid = ""
         self.variant: _Variant | None = None
         self.saved: GlobalState | None = None
@@ -563,8 +564,8 @@ class PerTest:
     # tryfirst: the variant must be active before any fixture's setup calls compiled code.
     @pytest.hookimpl(wrapper=True, tryfirst=True)
     def pytest_runtest_setup(self, item: pytest.Item) -> Generator[None]:
-        # (self.nodeid is set by _start for a test the plugin runs: pytest 9 makes nodeid a
-        # property, two calls for every test)
+        # self.nodeid is set with the variant (_start, variant_of), not here: nodeid is a
+        # property, whose getter builds the string in pytest 9.2 (two calls for every test)
         self.item, self.variant, self.saved = item, None, None
         # Nothing here may raise before the yield: the other plugins' setup must run, their
         # teardown relies on it (pytest's logging plugin fails with a KeyError otherwise).

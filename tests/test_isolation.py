@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest_mlxcompile
@@ -289,3 +290,51 @@ def test_a_hook_that_fails_when_mlx_loads_does_not_keep_the_other_hooks_from_run
     result = pytester.runpython(pytester.path / "script.py")
     assert result.ret == 0, result.stderr.str()
     result.stdout.fnmatch_lines(["RAISED: boom", "RAN: [[]'kept'[]]"])
+
+
+def test_a_test_that_moves_to_another_device_gets_its_device_and_stream_back(monkeypatch):
+    # This machine has one device (MLX's CPU backend): a stand-in for mlx.core with two, that
+    # keeps a default stream per device as MLX does, drives GlobalState's device branch.
+    from types import SimpleNamespace
+
+    from pytest_mlxcompile.isolation import GlobalState
+
+    class Device(SimpleNamespace):
+        pass
+
+    class Stream(SimpleNamespace):
+        pass
+
+    cpu, gpu = Device(name="cpu"), Device(name="gpu")
+
+    class FakeCore:
+        def __init__(self):
+            self.device = cpu
+            self.streams = {"cpu": Stream(device=cpu, index=0), "gpu": Stream(device=gpu, index=1)}
+            self.random = SimpleNamespace(state=[object()])
+
+        def default_device(self):
+            return self.device
+
+        def default_stream(self, device):
+            return self.streams[device.name]
+
+        def set_default_device(self, device):
+            self.device = device
+
+        def set_default_stream(self, stream):
+            self.streams[stream.device.name] = stream
+
+    fake = FakeCore()
+    original = fake.streams["cpu"]
+    monkeypatch.setitem(sys.modules, "mlx.core", fake)
+    saved = GlobalState.capture()
+    assert saved is not None
+
+    # the test: another device, and another default stream on the first one
+    fake.set_default_device(gpu)
+    fake.set_default_stream(Stream(device=cpu, index=2))
+    assert saved.restore() == ()
+
+    assert fake.default_device() is cpu
+    assert fake.default_stream(cpu) is original
