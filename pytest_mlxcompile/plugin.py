@@ -167,7 +167,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[collector_key] = records.Collector()
     config.stash[per_test_key] = per_test = PerTest(config, resolved)
     config.pluginmanager.register(per_test, "mlxcompile-per-test")
-    config.stash[baseline_key] = per_test.baseline = (
+    config.stash[baseline_key] = (
         report.Baseline.load(resolved.compare) if resolved.compare else None
     )
     if config.pluginmanager.hasplugin("xdist"):
@@ -538,8 +538,6 @@ class PerTest:
             self.worker or chosen.report_json is not None or chosen.report_html is not None
         )
         self.cov_context = False  # --mlx-cov-context, set by _start_coverage_contexts
-        #: --mlx-compare's baseline (set at configure), read after every passed variant
-        self.baseline: report.Baseline | None = None
         #: the test in progress, and what the plugin keeps about it (None: it is left alone)
         self.item: pytest.Item | None = None
         #: the nodeid of the test whose variant this is: current while ``variant`` is not None
@@ -598,8 +596,7 @@ class PerTest:
         if self.cov_context:
             variant.coverage = cov = _coverage()
             coverage_context.switch(cov, _cov_context(item, plan.mode))
-        if plan.mode is not Mode.EAGER:
-            instrument.check_compile_on(plan.mode)
+        instrument.check_compile_on(plan.mode)
         # built when the test first needs it: most trivial tests never call compiled code
         instrument.start_later(lambda: self._run(item, variant))
 
@@ -673,7 +670,7 @@ class PerTest:
             emit = _emit_to(item)
             for entry in timings:
                 emit("timing", entry.to_json())
-        if self.baseline is not None:
+        if self.config.stash[baseline_key] is not None:
             _gate(item, timings)
 
     def _parity_failed(self, exc: ParityError) -> None:
@@ -719,9 +716,7 @@ class PerTest:
             else:
                 variant.reports.append(report)
         # on an xdist controller this sees every worker's reports too
-        if when == "teardown" and getattr(report, "mlx_record", None) is None:
-            self.collector.finished += 1  # what Collector.add does here, without its call (P4)
-        elif when != "setup" and when != "call":  # a variant's teardown, or a crashed worker's
+        if when != "setup" and when != "call":  # teardown, or a crashed worker's
             self.collector.add(report)
 
     def _record(self, item: pytest.Item, variant: _Variant, test_report: pytest.TestReport) -> None:

@@ -132,8 +132,6 @@ class Collector:
         self.lost_workers.append(f"{prefix}crashed while running {nodeid}")
 
     def add(self, report: pytest.TestReport) -> None:
-        # PerTest.pytest_runtest_logreport (plugin.py) counts a teardown report without a
-        # record itself, as the first branch here would: keep the two alike
         when = report.when
         if when == "teardown":
             self.finished += 1

@@ -212,14 +212,8 @@ def plan(item: pytest.Item, settings: Settings, cache: PlanCache) -> VariantPlan
     """
     if not isinstance(item, pytest.Function):
         return None
-    # the item's own markers are its function's and its parametrize case's (cache.applies,
-    # inlined: one call less for every test); validated at collection
-    for mark in item.own_markers:
-        if mark.name == MARKER:
-            marker = from_item(item)
-            break
-    else:
-        marker = from_item(item) if cache.marked(item.parent) else None
+    # the item's own markers are its function's and its parametrize case's
+    marker = from_item(item) if cache.applies(item) else None  # validated at collection
     mode = matrix_mode(item)
     if mode is None:
         if marker is None and settings.scope != "all" and _FIXTURES.isdisjoint(item.fixturenames):
