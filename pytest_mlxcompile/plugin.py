@@ -74,7 +74,7 @@ else:
 
 settings_key = pytest.StashKey[settings.Settings]()
 patched_key = pytest.StashKey[bool]()
-#: a member test's VariantRun, from its setup to its teardown report
+#: a member test's VariantRun, from its first use to the next test's setup (or the session's end)
 run_key = pytest.StashKey["instrument.VariantRun"]()
 collector_key = pytest.StashKey[records.Collector]()
 baseline_key = pytest.StashKey["report.Baseline | None"]()
@@ -167,6 +167,9 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[collector_key] = records.Collector()
     config.stash[per_test_key] = per_test = PerTest(config, resolved)
     config.pluginmanager.register(per_test, "mlxcompile-per-test")
+    if per_test.every_record or getattr(config.option, "dist", "no") != "no":
+        per_test.reports = Reports(per_test)
+        config.pluginmanager.register(per_test.reports, "mlxcompile-reports")
     config.stash[baseline_key] = (
         report.Baseline.load(resolved.compare) if resolved.compare else None
     )
@@ -511,7 +514,8 @@ class _Variant:
         self.timings: list[timing.FunctionTiming] = []
         self.emitter: record_hook.RecordEmitter | None = None
         self.coverage: Any = None
-        #: the setup and call reports, for the record's outcome and duration
+        #: the setup and call reports, for the record's outcome and duration (where
+        #: :class:`Reports` reads them)
         self.reports: list[pytest.TestReport] = []
 
 
@@ -521,7 +525,8 @@ class PerTest:
     What they keep about the running test lives in attributes, not in the item's stash: a
     stash lookup is a Python call (a miss raises inside), and these hooks run for every test of
     a suite, most of which the plugin leaves alone (benchmarks/run.py, P4). pytest runs one
-    test at a time per process, and each item's hooks from its setup to its last report.
+    test at a time per process, and each item's hooks from its setup to the end of its
+    teardown.
     """
 
     def __init__(self, config: pytest.Config, chosen: settings.Settings) -> None:
@@ -537,6 +542,8 @@ class PerTest:
         self.every_record = (
             self.worker or chosen.report_json is not None or chosen.report_html is not None
         )
+        #: where the tests' reports are read (None: nothing needs them, the common run)
+        self.reports: Reports | None = None
         self.cov_context = False  # --mlx-cov-context, set by _start_coverage_contexts
         #: the test in progress, and what the plugin keeps about it (None: it is left alone)
         self.item: pytest.Item | None = None
@@ -544,11 +551,22 @@ class PerTest:
         self.nodeid = ""
         self.variant: _Variant | None = None
         self.saved: GlobalState | None = None
+        #: the finished test whose stash still holds its run, for conftest code that reads it
+        #: up to its last report (forget_run)
+        self.ran: pytest.Item | None = None
 
     def pytest_collection_finish(self, session: pytest.Session) -> None:
         # what the parametrize hook learned of classes' and modules' markers predates
         # pytest_collection_modifyitems, which may add some (cls.add_marker)
         self.plans.parents.clear()
+
+    def forget_run(self) -> None:
+        """Drop the last finished test's run from its stash, at the next test's setup or the
+        session's end: pytest keeps every item until the session ends, and a run holds the
+        test's arrays, models and last call arguments."""
+        if self.ran is not None:
+            del self.ran.stash[run_key]
+            self.ran = None
 
     def variant_of(self, item: pytest.Item, *, create: bool = False) -> _Variant | None:
         """The test's variant state; ``create``: make it (mlx_benchmark in a plain test)."""
@@ -565,6 +583,8 @@ class PerTest:
         # self.nodeid is set with the variant (_start, variant_of), not here: nodeid is a
         # property, whose getter builds the string in pytest 9.2 (two calls for every test)
         self.item, self.variant, self.saved = item, None, None
+        if self.ran is not None:
+            self.forget_run()
         # Nothing here may raise before the yield: the other plugins' setup must run, their
         # teardown relies on it (pytest's logging plugin fails with a KeyError otherwise).
         error: BaseException | None = None
@@ -699,48 +719,71 @@ class PerTest:
                 elif variant is not None and variant.plan is not None:
                     instrument.start_later(None)  # a variant nothing needed
             finally:
-                if variant is not None and variant.coverage is not None:
-                    coverage_context.switch(variant.coverage, "")
-
-    # tryfirst: before junitxml (which reads the properties) and xdist's worker (which sends
-    # the report to the controller) see the report.
-    @pytest.hookimpl(tryfirst=True)
-    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        when = report.when
-        variant = self.variant
-        if variant is not None and report.nodeid == self.nodeid:
-            if when == "teardown":
-                assert self.item is not None
-                self._record(self.item, variant, report)
+                if variant is not None:
+                    if variant.coverage is not None:
+                        coverage_context.switch(variant.coverage, "")
+                    self._finish(item, variant)
                 self.item = self.variant = self.saved = None
-            else:
-                variant.reports.append(report)
-        # on an xdist controller this sees every worker's reports too
-        if when != "setup" and when != "call":  # teardown, or a crashed worker's
-            self.collector.add(report)
 
-    def _record(self, item: pytest.Item, variant: _Variant, test_report: pytest.TestReport) -> None:
-        """At teardown, the variant's record on its report (outcome and duration over its
-        setup and call reports, kept in ``variant.reports``, and this one)."""
+    def _finish(self, item: pytest.Item, variant: _Variant) -> None:
+        """At the end of the teardown, after every fixture's: the variant's record, with its
+        JUnit properties on the item (pytest copies them onto the teardown report, which
+        junitxml reads). Its outcome and duration come from its reports, where
+        :class:`Reports` is registered (the JSON and HTML reports, xdist)."""
         run = variant.run
         if run is not None:
-            # pytest keeps every item until the session ends: drop what holds the test's
-            # arrays, models and last call arguments now (the variant goes in the caller).
-            del item.stash[run_key]  # set with the run (_run)
+            self.ran = item
         if not (variant.timings or (run is not None and run.records) or self.every_record):
             return  # nothing to show: a variant that called no compiled function
         plan = variant.plan
         record = records.variant_record(
-            item.nodeid, run, variant.timings, plan.mode if plan is not None else None
+            self.nodeid, run, variant.timings, plan.mode if plan is not None else None
         )
-        outcome, duration = None, 0.0
-        for phase in (*variant.reports, test_report):
-            outcome = records.outcome(outcome, phase)
-            duration += phase.duration
-        record["outcome"], record["duration"] = outcome, duration
-        test_report.user_properties.extend(records.junit_properties(record))
-        # A report attribute travels from xdist workers to the controller: as JSON text there.
-        test_report.mlx_record = json.dumps(record) if self.worker else record  # type: ignore[attr-defined]
+        records.set_junit_properties(item.user_properties, record)
+        if self.reports is None:
+            self.collector.records[self.nodeid] = record
+        else:
+            self.reports.pending = (record, variant.reports)
+
+
+class Reports:
+    """``pytest_runtest_logreport``, registered only where a record needs its test's reports:
+    the JSON and HTML reports (a variant's outcome and duration, and whether every test ran),
+    an xdist worker (a record travels to the controller on its test's teardown report) and an
+    xdist controller (records arrive that way, and a crashed worker's report). A plain run
+    has its records from :class:`PerTest` and pays nothing per test here (benchmarks, P4).
+    """
+
+    def __init__(self, per_test: PerTest) -> None:
+        self.per_test = per_test
+        self.collector = per_test.collector
+        self.worker = per_test.worker
+        #: the record of the variant whose teardown just ran (PerTest._finish), with its setup
+        #: and call reports: its teardown report is the next one
+        self.pending: tuple[dict[str, Any], list[pytest.TestReport]] | None = None
+
+    # tryfirst: before xdist's worker sends the report to the controller
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        when = report.when
+        if when == "setup" or when == "call":
+            variant = self.per_test.variant
+            if variant is not None and report.nodeid == self.per_test.nodeid:
+                variant.reports.append(report)
+            return
+        pending = self.pending
+        if pending is not None and pending[0]["nodeid"] == report.nodeid:  # its teardown
+            self.pending = None
+            record, phases = pending
+            outcome, duration = None, 0.0
+            for phase in (*phases, report):
+                outcome = records.outcome(outcome, phase)
+                duration += phase.duration
+            record["outcome"], record["duration"] = outcome, duration
+            # A report attribute travels from xdist workers to the controller: as JSON text.
+            report.mlx_record = json.dumps(record) if self.worker else record  # type: ignore[attr-defined]
+        # on an xdist controller this sees every worker's reports too
+        self.collector.add(report)  # teardown, or a crashed worker's
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
@@ -788,6 +831,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int | pytest.ExitC
     if active is not None:
         with contextlib.suppress(Exception):
             active.stop()
+    per_test = session.config.stash.get(per_test_key, None)
+    if per_test is not None:
+        per_test.forget_run()
     _write_reports(session, exitstatus)
 
 

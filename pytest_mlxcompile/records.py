@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from pytest_mlxcompile.instrument import VariantRun
     from pytest_mlxcompile.timing import FunctionTiming
 
-__all__ = ["Collector", "junit_properties", "outcome", "variant_record"]
+__all__ = ["Collector", "junit_properties", "outcome", "set_junit_properties", "variant_record"]
 
 #: what checks keep per function record (FunctionRecord.extra) that the report carries
 _EXTRA_LISTS = ("recompiles", "diagnoses", "notes")
@@ -81,6 +81,18 @@ def junit_properties(record: dict[str, Any]) -> list[tuple[str, str]]:
     return props
 
 
+def set_junit_properties(properties: list[tuple[str, object]], record: dict[str, Any]) -> None:
+    """Put the record's :func:`junit_properties` in a test's ``user_properties``, in place of
+    those an earlier run of the same test put there (a rerun plugin runs an item again)."""
+    ours = junit_properties(record)
+    if ours or properties:
+        properties[:] = [p for p in properties if not str(p[0]).startswith(_JUNIT_PREFIXES)]
+        properties += ours
+
+
+_JUNIT_PREFIXES = ("mlx_traces[", "mlx_speedup[")
+
+
 def outcome(previous: str | None, report: pytest.TestReport) -> str | None:
     """A test variant's outcome after ``report``, given the one its earlier phases gave."""
     if report.when == "setup":
@@ -98,12 +110,14 @@ def outcome(previous: str | None, report: pytest.TestReport) -> str | None:
 class Collector:
     """The controller's view: one record per test variant, from its reports."""
 
-    #: one per test variant, from its teardown report: made by ``variant_record`` with its
-    #: outcome and duration over the three phases filled in
+    #: one per test variant, made by ``variant_record`` at the end of its teardown; where the
+    #: tests' reports are read (the JSON and HTML reports, xdist), it arrives on the teardown
+    #: report with its outcome and duration over the three phases filled in
     records: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: pytest-xdist workers that went down with an error, each with the test it was running
     lost_workers: list[str] = field(default_factory=list)
-    #: tests that reached their teardown report (or crashed): all of them in a complete run
+    #: tests that reached their teardown report (or crashed): all of them in a complete run;
+    #: counted where the tests' reports are read (the JSON and HTML reports need it)
     finished: int = 0
 
     def worker_down(self, worker: str, error: object) -> None:

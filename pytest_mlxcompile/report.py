@@ -1,9 +1,9 @@
 """Records of test variants, the terminal timings table, the JSON report and the baseline gate.
 
-A record is built on the process that ran the test (an xdist worker or the only process), rides on
-its teardown report as JSON (``report.mlx_record``), and is collected on the controller by
-``pytest_runtest_logreport``: so ``-n 2`` sees the same records as ``-n 0``, and a crashed worker
-loses only the test it was running.
+A record is built on the process that ran the test (an xdist worker or the only process) at the
+end of its teardown. On a worker it rides on its teardown report as JSON (``report.mlx_record``),
+and is collected on the controller by ``pytest_runtest_logreport``: so ``-n 2`` sees the same
+records as ``-n 0``, and a crashed worker loses only the test it was running.
 """
 
 from __future__ import annotations

@@ -169,6 +169,47 @@ def test_junitxml_gets_traces_and_speedup_properties_per_test(pytester, run):
     assert float(props["mlx_speedup[double][compiled]"]) > 0
 
 
+def test_a_test_run_twice_carries_its_junit_properties_once_beside_the_users_own(pytester, run):
+    # a rerun plugin runs the same item again (here a conftest runs each test twice): the
+    # properties the plugin puts on the item are the last run's, and the test's own stay
+    pytester.makeconftest(
+        """
+        import pytest
+        from _pytest.runner import runtestprotocol
+
+        @pytest.hookimpl(tryfirst=True)
+        def pytest_runtest_protocol(item, nextitem):
+            item.ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
+            runtestprotocol(item, nextitem=None, log=False)
+            item._initrequest()  # as pytest-rerunfailures does before a rerun
+            runtestprotocol(item, nextitem=nextitem, log=True)
+            item.ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
+            return True
+        """
+    )
+    pytester.makepyfile(
+        """
+        import mlx.core as mx
+        import pytest
+
+        @mx.compile
+        def double(x):
+            return x * 2
+
+        @pytest.mark.compiled
+        def test_pass(record_property):
+            record_property("mine", "kept")
+            double(mx.ones(3))
+        """
+    )
+    run("--junitxml=junit.xml").assert_outcomes(passed=1)
+    case = ET.parse(pytester.path / "junit.xml").find(".//testcase[@name='test_pass']")
+    assert case is not None
+    names = [p.get("name") for p in case.iter("property")]
+    assert names.count("mlx_traces[double]") == 1
+    assert "mine" in names
+
+
 SLOWABLE = """
 import os
 
