@@ -565,7 +565,8 @@ class PerTest:
         session's end: pytest keeps every item until the session ends, and a run holds the
         test's arrays, models and last call arguments."""
         if self.ran is not None:
-            del self.ran.stash[run_key]
+            with contextlib.suppress(KeyError):  # a conftest may have deleted it
+                del self.ran.stash[run_key]
             self.ran = None
 
     def variant_of(self, item: pytest.Item, *, create: bool = False) -> _Variant | None:
@@ -734,7 +735,10 @@ class PerTest:
         if run is not None:
             self.ran = item
         if not (variant.timings or (run is not None and run.records) or self.every_record):
-            return  # nothing to show: a variant that called no compiled function
+            # nothing to show: a variant that called no compiled function (an earlier run
+            # of the same item may have left properties)
+            records.set_junit_properties(item.user_properties, None)
+            return
         plan = variant.plan
         record = records.variant_record(
             self.nodeid, run, variant.timings, plan.mode if plan is not None else None
@@ -766,12 +770,16 @@ class Reports:
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         when = report.when
+        pending = self.pending
         if when == "setup" or when == "call":
             variant = self.per_test.variant
             if variant is not None and report.nodeid == self.per_test.nodeid:
                 variant.reports.append(report)
+            elif pending is not None and pending[0]["nodeid"] == report.nodeid:
+                # logged after its test's teardown: a rerun plugin (pytest-rerunfailures)
+                # runs the test with log=False and logs its three reports afterwards
+                pending[1].append(report)
             return
-        pending = self.pending
         if pending is not None and pending[0]["nodeid"] == report.nodeid:  # its teardown
             self.pending = None
             record, phases = pending

@@ -81,10 +81,13 @@ def junit_properties(record: dict[str, Any]) -> list[tuple[str, str]]:
     return props
 
 
-def set_junit_properties(properties: list[tuple[str, object]], record: dict[str, Any]) -> None:
-    """Put the record's :func:`junit_properties` in a test's ``user_properties``, in place of
-    those an earlier run of the same test put there (a rerun plugin runs an item again)."""
-    ours = junit_properties(record)
+def set_junit_properties(
+    properties: list[tuple[str, object]], record: dict[str, Any] | None
+) -> None:
+    """Put the record's :func:`junit_properties` (none without a record) in a test's
+    ``user_properties``, in place of those an earlier run of the same test put there (a rerun
+    plugin runs an item again)."""
+    ours = junit_properties(record) if record is not None else []
     if ours or properties:
         properties[:] = [p for p in properties if not str(p[0]).startswith(_JUNIT_PREFIXES)]
         properties += ours

@@ -169,45 +169,73 @@ def test_junitxml_gets_traces_and_speedup_properties_per_test(pytester, run):
     assert float(props["mlx_speedup[double][compiled]"]) > 0
 
 
-def test_a_test_run_twice_carries_its_junit_properties_once_beside_the_users_own(pytester, run):
-    # a rerun plugin runs the same item again (here a conftest runs each test twice): the
-    # properties the plugin puts on the item are the last run's, and the test's own stay
-    pytester.makeconftest(
-        """
-        import pytest
-        from _pytest.runner import runtestprotocol
+RERUN_CONFTEST = """
+import pytest
+from _pytest.runner import runtestprotocol
 
-        @pytest.hookimpl(tryfirst=True)
-        def pytest_runtest_protocol(item, nextitem):
-            item.ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
-            runtestprotocol(item, nextitem=None, log=False)
-            item._initrequest()  # as pytest-rerunfailures does before a rerun
-            runtestprotocol(item, nextitem=nextitem, log=True)
-            item.ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
-            return True
-        """
-    )
-    pytester.makepyfile(
-        """
-        import mlx.core as mx
-        import pytest
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_protocol(item, nextitem):
+    # as pytest-rerunfailures does: each run of the item with log=False, and the reports of
+    # the run that counts logged after its teardown
+    item.ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
+    item.attempt = 1
+    runtestprotocol(item, nextitem=None, log=False)
+    item._initrequest()
+    item.attempt = 2
+    for report in runtestprotocol(item, nextitem=nextitem, log=False):
+        item.ihook.pytest_runtest_logreport(report=report)
+    item.ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
+    return True
+"""
 
-        @mx.compile
-        def double(x):
-            return x * 2
+RERUN_SUITE = """
+import mlx.core as mx
+import pytest
 
-        @pytest.mark.compiled
-        def test_pass(record_property):
-            record_property("mine", "kept")
-            double(mx.ones(3))
-        """
-    )
-    run("--junitxml=junit.xml").assert_outcomes(passed=1)
-    case = ET.parse(pytester.path / "junit.xml").find(".//testcase[@name='test_pass']")
-    assert case is not None
-    names = [p.get("name") for p in case.iter("property")]
-    assert names.count("mlx_traces[double]") == 1
-    assert "mine" in names
+@mx.compile
+def double(x):
+    return x * 2
+
+@pytest.mark.compiled
+def test_fail(request, record_property):
+    record_property("mine", "kept")
+    if request.node.attempt == 1:
+        double(mx.ones(3))
+    assert False
+
+@pytest.mark.compiled
+def test_skip():
+    double(mx.ones(3))
+    pytest.skip("not today")
+
+@pytest.mark.compiled
+def test_pass(record_property):
+    record_property("mine", "kept")
+    double(mx.ones(3))
+"""
+
+
+def test_a_test_run_twice_carries_the_junit_properties_of_its_last_run_beside_the_users_own(
+    pytester, run
+):
+    pytester.makeconftest(RERUN_CONFTEST)
+    pytester.makepyfile(RERUN_SUITE)
+    run("--junitxml=junit.xml").assert_outcomes(passed=1, failed=1, skipped=1)
+    cases = ET.parse(pytester.path / "junit.xml").findall(".//testcase")
+    names = {c.get("name"): [p.get("name") for p in c.iter("property")] for c in cases}
+    assert names["test_pass"].count("mlx_traces[double]") == 1
+    assert "mine" in names["test_pass"]
+    # its first run called double, its last one did not: no property of the first is left
+    assert names["test_fail"] == ["mine", "mine"]
+
+
+def test_reports_logged_after_the_teardown_still_give_each_variant_its_outcome(pytester, run):
+    pytester.makeconftest(RERUN_CONFTEST)
+    pytester.makepyfile(RERUN_SUITE)
+    run("--mlx-report-json=report.json").assert_outcomes(passed=1, failed=1, skipped=1)
+    tests = json.loads((pytester.path / "report.json").read_text())["tests"]
+    outcomes = {t["nodeid"].rsplit("::", 1)[1]: t["outcome"] for t in tests}
+    assert outcomes == {"test_fail": "failed", "test_skip": "skipped", "test_pass": "passed"}
 
 
 SLOWABLE = """
