@@ -72,12 +72,16 @@ def _plain(value: object) -> Any:
     return str(value)
 
 
+#: the names of the JUnit properties start with these (the function's name follows)
+_TRACES, _SPEEDUP = "mlx_traces[", "mlx_speedup["
+
+
 def junit_properties(record: dict[str, Any]) -> list[tuple[str, str]]:
     """Short per-test properties for --junitxml: traces per function and the speedups."""
-    props = [(f"mlx_traces[{f['function']}]", str(f["traces"])) for f in record["functions"]]
+    props = [(f"{_TRACES}{f['function']}]", str(f["traces"])) for f in record["functions"]]
     for timing in record["timings"]:
         for mode, speedup in timing["speedup"].items():
-            props.append((f"mlx_speedup[{timing['function']}][{mode}]", f"{speedup['value']:.3f}"))
+            props.append((f"{_SPEEDUP}{timing['function']}][{mode}]", f"{speedup['value']:.3f}"))
     return props
 
 
@@ -89,11 +93,8 @@ def set_junit_properties(
     plugin runs an item again)."""
     ours = junit_properties(record) if record is not None else []
     if ours or properties:
-        properties[:] = [p for p in properties if not str(p[0]).startswith(_JUNIT_PREFIXES)]
+        properties[:] = [p for p in properties if not str(p[0]).startswith((_TRACES, _SPEEDUP))]
         properties += ours
-
-
-_JUNIT_PREFIXES = ("mlx_traces[", "mlx_speedup[")
 
 
 def outcome(previous: str | None, report: pytest.TestReport) -> str | None:
@@ -149,17 +150,17 @@ class Collector:
         self.lost_workers.append(f"{prefix}crashed while running {nodeid}")
 
     def add(self, report: pytest.TestReport) -> None:
-        when = report.when
-        if when == "teardown":
-            self.finished += 1
-            record = getattr(report, "mlx_record", None)
-            if isinstance(record, str):  # from an xdist worker
-                record = json.loads(record)
-            if isinstance(record, dict):
-                self.records[report.nodeid] = record
-        elif when not in ("setup", "call"):
-            self.finished += 1
+        """A test's teardown report, or a crashed worker's (``plugin.Reports`` passes no setup
+        or call report)."""
+        self.finished += 1
+        if report.when != "teardown":
             self._crashed(report)
+            return
+        record = getattr(report, "mlx_record", None)
+        if isinstance(record, str):  # from an xdist worker
+            record = json.loads(record)
+        if isinstance(record, dict):
+            self.records[report.nodeid] = record
 
     def timings(self) -> list[tuple[str, FunctionTiming]]:
         from pytest_mlxcompile.timing import FunctionTiming  # not needed for most runs
