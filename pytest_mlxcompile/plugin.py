@@ -114,6 +114,9 @@ def pytest_load_initial_conftests(early_config: pytest.Config) -> None:
 
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
     pluginmanager.add_hookspecs(hookspecs)
+    # Called while pluggy registers this module: the parametrize hook takes the module's place
+    # among other plugins' and conftests' implementations (see Parametrize).
+    pluginmanager.register(Parametrize(), PARAMETRIZE)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -166,6 +169,9 @@ def pytest_configure(config: pytest.Config) -> None:
         )
     config.stash[collector_key] = records.Collector()
     config.stash[per_test_key] = per_test = PerTest(config, resolved)
+    parametrize = config.pluginmanager.get_plugin(PARAMETRIZE)
+    if parametrize is not None and not resolved.matrix:
+        config.pluginmanager.unregister(parametrize)  # markers: see Parametrize
     config.pluginmanager.register(per_test, "mlxcompile-per-test")
     if per_test.every_record or getattr(config.option, "dist", "no") != "no":
         per_test.reports = Reports(per_test)
@@ -279,17 +285,31 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     return lines
 
 
-# Module-level hooks, registered with the plugin (before conftests and the per-session object):
+# Collection hooks, registered with the plugin (before conftests and the per-session object):
 # where they run among other plugins' hooks of the same kind decides test ids (the mode comes
 # after a conftest's trylast parametrize) and whether a conftest's collection wrapper runs
 # around ours.
 
+PARAMETRIZE = "mlxcompile-parametrize"
 
-# trylast: after @pytest.mark.parametrize, so the mode comes last in ids: test_x[1-compiled].
-@pytest.hookimpl(trylast=True)
-def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    per_test = metafunc.config.stash[per_test_key]
-    variants.parametrize(metafunc, per_test.chosen, per_test.plans, _choose_modes)
+
+class Parametrize:
+    """The matrix's parametrize hook, on its own object, registered while pluggy registers the
+    plugin's module (``pytest_addhooks``), so that it runs where a module-level hook would.
+
+    A run without ``--mlx-compile-matrix`` unregisters it at configure: pytest calls a
+    parametrize hook once for every test function it collects, about 12 k instructions each
+    (~0.5% of a suite of trivial tests, benchmarks/run.py P4), and without the matrix it
+    would only validate markers, which the collection wrapper does then (``_adjust``).
+    """
+
+    # trylast: after @pytest.mark.parametrize, so the mode comes last in ids: test_x[1-compiled].
+    @pytest.hookimpl(trylast=True)
+    def pytest_generate_tests(self, metafunc: pytest.Metafunc) -> None:
+        per_test = metafunc.config.stash.get(per_test_key, None)
+        if per_test is None:  # the plugin was blocked after it loaded (-p no:mlxcompile)
+            return
+        variants.parametrize(metafunc, per_test.chosen, per_test.plans, _choose_modes)
 
 
 # wrapper: what each module's and class's collector made, adjusted (once per collector: a hook
@@ -328,9 +348,12 @@ def _adjust(
 ) -> list[pytest.Item | pytest.Collector]:
     if type(collector) is UnitTestCase:  # pytest's own, not another plugin's subclass
         return testcases.expand(collector, nodes, collector.config.stash[settings_key])
+    per_test = collector.config.stash[per_test_key]
+    if not per_test.chosen.matrix:  # no parametrize hook has seen these tests' markers
+        variants.check_markers(nodes, per_test.plans)
     excluded = variants.check_cases(nodes)
     if excluded:
-        collector.config.stash[per_test_key].excluded.update(excluded)
+        per_test.excluded.update(excluded)
     return nodes
 
 

@@ -28,6 +28,7 @@ __all__ = [
     "MODE_PARAM",
     "VariantPlan",
     "check_cases",
+    "check_markers",
     "is_member",
     "matrix_mode",
     "parametrize",
@@ -139,6 +140,22 @@ def _cases_marked(metafunc: pytest.Metafunc) -> bool:
         if case_marked(argvalues):
             return True
     return False
+
+
+def check_markers(nodes: list[pytest.Item | pytest.Collector], cache: PlanCache) -> None:
+    """Validate the marker of each test a module or class made, where no parametrize hook
+    did (the matrix off): one collection error naming the test and the argument, as
+    :func:`parametrize` gives."""
+    for node in nodes:
+        if not isinstance(node, pytest.Function) or not cache.applies(node):
+            continue
+        try:
+            from_item(node)
+        except MarkerError as exc:
+            error = str(exc)
+        else:
+            continue
+        pytest.fail(error, pytrace=False)  # outside the except block: no chained copy
 
 
 def check_cases(items: list[pytest.Item | pytest.Collector]) -> list[pytest.Item]:

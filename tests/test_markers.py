@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import textwrap
+
 import pytest
 
 
@@ -65,6 +67,64 @@ def test_bad_marker_values_are_collection_errors_naming_the_argument(
     result = run()
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines([f"@pytest.mark.compiled on test_*.py::test_bad*: {message}"])
+
+
+@pytest.mark.parametrize("matrix", [[], ["--mlx-compile-matrix"]], ids=["plain", "matrix"])
+@pytest.mark.parametrize(
+    ("source", "test"),
+    [
+        (
+            """
+            @pytest.mark.compiled(rtol="tight")
+            @pytest.mark.parametrize("n", [1, 2])
+            def test_bad(n):
+                pass
+            """,
+            "test_bad*",
+        ),
+        (
+            """
+            @pytest.mark.compiled(rtol="tight")
+            class TestBad:
+                def test_method(self):
+                    pass
+            """,
+            "TestBad::test_method",
+        ),
+        (
+            """
+            pytestmark = pytest.mark.compiled(rtol="tight")
+
+            def test_in_module():
+                pass
+            """,
+            "test_in_module",
+        ),
+    ],
+    ids=["parametrized", "class", "module"],
+)
+def test_a_bad_class_module_or_parametrized_marker_is_a_collection_error_with_or_without_the_matrix(
+    pytester, run, matrix, source, test
+):
+    pytester.makepyfile("import pytest\n" + textwrap.dedent(source))
+    pytester.makeconftest(
+        """
+        def pytest_collection_finish(session):
+            hook = session.config.pluginmanager.get_plugin("mlxcompile-parametrize")
+            print("parametrize hook registered:", hook is not None)
+        """
+    )
+    result = run("-s", *matrix)
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(
+        [
+            f"@pytest.mark.compiled on test_*.py::{test}: rtol: 'tight' is not a finite number "
+            ">= 0",
+            "*Interrupted: 1 error during collection*",
+        ]
+    )
+    # pytest calls a parametrize hook for every test function: without the matrix there is none
+    result.stdout.fnmatch_lines([f"parametrize hook registered: {bool(matrix)}"])
 
 
 def test_marker_modes_narrow_the_matrix(pytester, run):
