@@ -18,7 +18,10 @@ P3  suite cost: ``examples/`` under ``--mlx-compile-matrix`` with every check on
 P4  scale: 5,000 trivial tests, half marked ``compiled``, plugin loaded against
     ``-p no:mlxcompile`` (goal <= 1.05x): the pytest process's CPU time (wall time also shown),
     median ratio of at least 7 alternated pairs. Where valgrind is installed, P4i also counts
-    the instructions of one run per side: a figure the load of a shared machine does not move.
+    the instructions of each side: a figure the load of a shared machine does not move. One
+    count moves by up to ~0.4% with the process's memory layout (the size of its environment
+    shifts its stack, and with it what hashes by address), so each side is counted in three
+    layouts (one with ``--quick``) and the means are compared.
 
 Child processes keep compiled modules (``__pycache__``) as Python does by default and as a pip
 install leaves a package, even where ``PYTHONDONTWRITEBYTECODE`` is set.
@@ -35,6 +38,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import itertools
 import json
 import math
 import os
@@ -503,7 +507,9 @@ def p4(repeats: int, quick: bool) -> list[Row]:
                 wall, cpu, _ = pytest_timed(["-q", *args], Path(tmp))
                 runs[key].append((wall, cpu))
         try:
-            counted = instructions({k: ["-q", *a] for k, a in sides.items()}, Path(tmp))
+            counted = instructions(
+                {k: ["-q", *a] for k, a in sides.items()}, Path(tmp), layouts=1 if quick else 3
+            )
         except RuntimeError as exc:  # P4i is extra: its failure does not cost P4's row
             counted, failure = None, str(exc).splitlines()[0]
         else:
@@ -531,14 +537,19 @@ def p4(repeats: int, quick: bool) -> list[Row]:
             }
         )
     if counted is not None:
-        on, off = counted["on"], counted["off"]
+        on, off = (statistics.mean(counted[k]) for k in ("on", "off"))
+        layouts = len(counted["on"])
+        per_layout = [a / b for a, b in zip(counted["on"], counted["off"], strict=True)]
+        spread = (
+            f"; per layout {min(per_layout):.3f}x-{max(per_layout):.3f}x" if layouts > 1 else ""
+        )
         rows.append(
             {
                 "id": "P4i",
                 "what": f"the same {count} tests: instructions the pytest process executes "
-                "(valgrind cachegrind; one run per side, PYTHONHASHSEED=0), plugin loaded vs "
-                "-p no:mlxcompile",
-                "measured": f"{on / off:.3f}x ({on / 1e6:,.0f} M vs {off / 1e6:,.0f} M)",
+                f"(valgrind cachegrind, PYTHONHASHSEED=0; mean of {layouts} memory "
+                f"layout{'s' if layouts > 1 else ''} per side), plugin loaded vs -p no:mlxcompile",
+                "measured": f"{on / off:.3f}x ({on / 1e6:,.0f} M vs {off / 1e6:,.0f} M{spread})",
                 "goal": "<= 1.05x",
                 "verdict": verdict(on / off, 1.05),
             }
@@ -558,17 +569,24 @@ def p4(repeats: int, quick: bool) -> list[Row]:
     ]
 
 
-def instructions(sides: dict[str, list[str]], cwd: Path) -> dict[str, int] | None:
-    """Instructions each side's pytest process executes, counted by valgrind (one side after
-    the other: two at once would mark the machine contended), or None where valgrind is not
-    installed. A count does not move with the load of a shared machine, where a time ratio
-    cannot settle within 5% (docs/performance.md)."""
+def instructions(
+    sides: dict[str, list[str]], cwd: Path, layouts: int = 3
+) -> dict[str, list[int]] | None:
+    """Instructions each side's pytest process executes in each of ``layouts`` memory layouts,
+    counted by valgrind (one run after the other: two at once would mark the machine
+    contended), or None where valgrind is not installed. A count does not move with the load
+    of a shared machine, where a time ratio cannot settle within 5% (docs/performance.md).
+
+    It moves with the layout: the same code counted with environments of different sizes
+    differs by up to ~50 M of ~12,500 M (dicts and sets of objects hashed by address collide
+    differently), so each layout pads the environment by another length and both sides are
+    counted in each."""
     valgrind = shutil.which("valgrind")
     if valgrind is None:
         return None
-    env = {**child_env(), "PYTHONHASHSEED": "0"}
-    counts = {}
-    for key, args in sides.items():
+    counts: dict[str, list[int]] = {key: [] for key in sides}
+    for layout, (key, args) in itertools.product(range(layouts), sides.items()):
+        env = {**child_env(), "PYTHONHASHSEED": "0", "MLXCOMPILE_BENCH_LAYOUT": "x" * 64 * layout}
         proc = subprocess.run(
             [
                 valgrind,
@@ -591,7 +609,7 @@ def instructions(sides: dict[str, list[str]], cwd: Path) -> dict[str, int] | Non
         match = re.search(r"I\s+refs:\s+([\d,]+)", proc.stderr)
         if proc.returncode != 0 or match is None:
             raise RuntimeError(f"valgrind on the {key} side failed:\n{proc.stderr[-3000:]}")
-        counts[key] = int(match.group(1).replace(",", ""))
+        counts[key].append(int(match.group(1).replace(",", "")))
     return counts
 
 
