@@ -488,7 +488,7 @@ def p4(repeats: int, quick: bool) -> list[Row]:
     per_file = 100
     # each run is short, and one pair reads +-10% on a shared CPU (docs/performance.md): at
     # least 21 pairs, whose interval is about +-3%
-    pairs = 7 if quick else max(repeats, 21)
+    pairs = max(repeats, 7 if quick else 21)
     runs: dict[str, list[tuple[float, float]]] = {"on": [], "off": []}
     with tempfile.TemporaryDirectory() as tmp:
         # the marker is registered for the plugin-off side, where nothing else declares it
@@ -588,8 +588,12 @@ def instructions(
     if valgrind is None:
         return None
     counts: dict[str, list[int]] = {key: [] for key in sides}
+    # the sides' arguments differ in length, and so would their stacks: the environment
+    # evens them out, then moves both by another ~1 KiB in each layout
+    longest = max(len(" ".join(args)) for args in sides.values())
     for layout, (key, args) in itertools.product(range(layouts), sides.items()):
-        env = {**child_env(), "PYTHONHASHSEED": "0", "MLXCOMPILE_BENCH_LAYOUT": "x" * 64 * layout}
+        pad = "x" * (longest - len(" ".join(args)) + 1024 * layout)
+        env = {**child_env(), "PYTHONHASHSEED": "0", "MLXCOMPILE_BENCH_LAYOUT": pad}
         proc = subprocess.run(
             [
                 valgrind,

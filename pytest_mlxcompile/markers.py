@@ -21,7 +21,9 @@ __all__ = [
     "MarkerError",
     "case_marked",
     "closest",
+    "closest_outside_cases",
     "from_item",
+    "parse",
 ]
 
 MARKER = "compiled"
@@ -160,16 +162,33 @@ def closest(node: pytest.Item | pytest.Function) -> pytest.Mark | None:
     return None
 
 
+def closest_outside_cases(node: pytest.Function) -> pytest.Mark | None:
+    """The function's, class's or module's marker, passing over a parametrize case's own
+    (which pytest adds to the item's own markers)."""
+    callspec = getattr(node, "callspec", None)
+    cases = callspec.marks if callspec is not None else ()
+    at: Node | None = node
+    while at is not None:
+        for mark in at.own_markers:
+            if mark.name == MARKER and not any(mark is case for case in cases):
+                return mark
+        at = at.parent
+    return None
+
+
 def from_item(node: pytest.Item | pytest.Function) -> CompiledMarker | None:
     mark = closest(node)
-    if mark is None:
-        return None
+    return None if mark is None else parse(mark, node.nodeid)
+
+
+def parse(mark: pytest.Mark, test: str) -> CompiledMarker:
+    """``mark`` parsed for ``test`` (whose id a bad one's error names)."""
     # One Mark object serves every test it decorates (all of a module's, all of a function's
     # parametrize cases): parse it once. A bad one raises every time, naming each test.
     known = _parsed.get(id(mark))
     if known is not None and known[0] is mark:
         return known[1]
-    parsed = CompiledMarker.from_mark(mark, node.nodeid)
+    parsed = CompiledMarker.from_mark(mark, test)
     _parsed[id(mark)] = (mark, parsed)  # the mark kept alive: its id stays its own
     return parsed
 

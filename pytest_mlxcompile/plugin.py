@@ -286,9 +286,9 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
 
 
 # Collection hooks, registered with the plugin (before conftests and the per-session object):
-# where they run among other plugins' hooks of the same kind decides test ids (the mode comes
-# after a conftest's trylast parametrize) and whether a conftest's collection wrapper runs
-# around ours.
+# where they run among other plugins' hooks of the same kind decides test ids (a conftest's
+# trylast parametrize comes after the mode: test_x[1-eager-a]) and whether a conftest's
+# collection wrapper runs around ours.
 
 PARAMETRIZE = "mlxcompile-parametrize"
 
@@ -306,8 +306,10 @@ class Parametrize:
     # trylast: after @pytest.mark.parametrize, so the mode comes last in ids: test_x[1-compiled].
     @pytest.hookimpl(trylast=True)
     def pytest_generate_tests(self, metafunc: pytest.Metafunc) -> None:
-        per_test = metafunc.config.stash.get(per_test_key, None)
-        if per_test is None:  # the plugin was blocked after it loaded (-p no:mlxcompile)
+        config = metafunc.config
+        per_test = config.stash.get(per_test_key, None)
+        # the plugin blocked after it loaded (-p no:mlxcompile, set_blocked in a conftest)
+        if per_test is None or not config.pluginmanager.is_registered(sys.modules[__name__]):
             return
         variants.parametrize(metafunc, per_test.chosen, per_test.plans, _choose_modes)
 

@@ -14,7 +14,9 @@ from pytest_mlxcompile.markers import (
     CompiledMarker,
     MarkerError,
     case_marked,
+    closest_outside_cases,
     from_item,
+    parse,
 )
 from pytest_mlxcompile.modes import Mode
 from pytest_mlxcompile.parity import Tolerance
@@ -146,11 +148,21 @@ def check_markers(nodes: list[pytest.Item | pytest.Collector], cache: PlanCache)
     """Validate the marker of each test a module or class made, where no parametrize hook
     did (the matrix off): one collection error naming the test and the argument, as
     :func:`parametrize` gives."""
+    checked: set[str] = set()
     for node in nodes:
         if not isinstance(node, pytest.Function) or not cache.applies(node):
             continue
+        name = node.originalname  # a parametrized function's cases share its marker
+        if name in checked:
+            continue
+        checked.add(name)
+        mark = closest_outside_cases(node)
+        if mark is None:  # only its cases are marked: check_cases validates those
+            continue
+        # named after the function, as the parametrize hook names it (not one of its cases)
+        nodeid = node.nodeid[: len(node.nodeid) - len(node.name)] + name
         try:
-            from_item(node)
+            parse(mark, nodeid)
         except MarkerError as exc:
             error = str(exc)
         else:

@@ -268,3 +268,28 @@ def test_the_mode_comes_after_a_conftests_trylast_parametrize_in_test_ids(pytest
             "*::test_x[[]compiled-1[]]",
         ]
     )
+
+
+def test_a_plugin_blocked_by_a_conftest_after_its_configure_makes_no_variants(pytester, run):
+    pytester.makeconftest(
+        """
+        import pytest
+
+        @pytest.hookimpl(trylast=True)
+        def pytest_configure(config):
+            config.pluginmanager.set_blocked("mlxcompile")
+        """
+    )
+    pytester.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.compiled
+        def test_x():
+            pass
+        """
+    )
+    result = run("--mlx-compile-matrix", "-v")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*::test_x PASSED*"])
+    result.stdout.no_fnmatch_line("*test_x[[]*")
