@@ -11,6 +11,8 @@ from pytest_mlxcompile.modes import Mode, parse_modes
 from pytest_mlxcompile.settings import parse_tolerance
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from _pytest.nodes import Node
 
 __all__ = [
@@ -151,26 +153,24 @@ def closest(node: pytest.Item | pytest.Function) -> pytest.Mark | None:
     for mark in callspec.marks if callspec is not None else ():
         if isinstance(mark, pytest.Mark) and mark.name == MARKER:
             return mark
-    # get_closest_marker's order (the node's own markers, then its parents'), without the
-    # list and generators it builds: asked for every marked test (benchmarks/run.py, P4)
-    at: Node | None = node
-    while at is not None:
-        for mark in at.own_markers:
-            if mark.name == MARKER:
-                return mark
-        at = at.parent
-    return None
+    return _walk(node, ())  # no case carries the marker: none to pass over
 
 
 def closest_outside_cases(node: pytest.Function) -> pytest.Mark | None:
     """The function's, class's or module's marker, passing over a parametrize case's own
     (which pytest adds to the item's own markers)."""
     callspec = getattr(node, "callspec", None)
-    cases = callspec.marks if callspec is not None else ()
+    return _walk(node, callspec.marks if callspec is not None else ())
+
+
+def _walk(node: Node, cases: Sequence[pytest.Mark]) -> pytest.Mark | None:
+    """get_closest_marker's order (the node's own markers, then its parents'), passing over
+    ``cases``, without the list and generators it builds: asked for every marked test
+    (benchmarks/run.py, P4)."""
     at: Node | None = node
     while at is not None:
         for mark in at.own_markers:
-            if mark.name == MARKER and not any(mark is case for case in cases):
+            if mark.name == MARKER and not (cases and any(mark is case for case in cases)):
                 return mark
         at = at.parent
     return None
