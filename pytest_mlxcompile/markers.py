@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import pytest
 
@@ -45,8 +44,7 @@ class MarkerError(ValueError):
     """A bad ``@pytest.mark.compiled(...)``; the message names the test and the argument."""
 
 
-@dataclass(frozen=True)
-class CompiledMarker:
+class CompiledMarker(NamedTuple):
     modes: tuple[Mode, ...] | None = None
     rtol: float | None = None
     atol: float | None = None
@@ -65,7 +63,7 @@ class CompiledMarker:
                 f"{where}: takes keyword arguments only, got positional {mark.args!r}; "
                 "write e.g. @pytest.mark.compiled(modes=['compiled'])"
             )
-        known = [f.name for f in fields(cls)]
+        known = cls._fields
         values: dict[str, Any] = {}
         for key, value in mark.kwargs.items():
             if key not in known:

@@ -7,10 +7,8 @@ inside them (compiled GELU/softmax/SiLU were bit-identical to eager in f32/f16/b
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from pytest_mlxcompile import _mlx
 from pytest_mlxcompile.state import capture, leaves, structure
@@ -35,24 +33,21 @@ DEFAULT_TOLERANCES: dict[str, tuple[float, float]] = {
 }
 
 
-@dataclass(frozen=True)
-class Tolerance:
+class Tolerance(NamedTuple):
     """User overrides; ``None`` means the dtype's default."""
 
     rtol: float | None = None
     atol: float | None = None
     #: the ``pytest_mlxcompile_tolerance`` hook: (function, where, dtype, default) -> answer
-    hook: Callable[[str, str, str, tuple[float, float]], tuple[float, float] | None] | None = field(
-        default=None, compare=False, repr=False
-    )
-    function: str = field(default="", compare=False)
-    where: str = field(default="", compare=False)
+    hook: Callable[[str, str, str, tuple[float, float]], tuple[float, float] | None] | None = None
+    function: str = ""
+    where: str = ""
 
     def bind(self, function: str, where: str) -> Tolerance:
         """This tolerance for one function, so the hook knows whose results it judges."""
         if self.hook is None:
             return self
-        return dataclasses.replace(self, function=function, where=where)
+        return self._replace(function=function, where=where)
 
     def for_dtype(self, dtype_name: str) -> tuple[float, float, str]:
         default = DEFAULT_TOLERANCES.get(dtype_name, (0.0, 0.0))
@@ -75,15 +70,13 @@ class Tolerance:
         return rtol, atol, origin
 
 
-@dataclass(frozen=True)
-class Mismatch:
+class Mismatch(NamedTuple):
     path: str
     summary: str
     details: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True)
-class Unevaluable:
+class Unevaluable(NamedTuple):
     """An array MLX refused to evaluate: where (``out[0]``) and what MLX said."""
 
     path: str

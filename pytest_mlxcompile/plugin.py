@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import dataclasses
 import importlib
 import inspect
 import json
@@ -654,7 +653,7 @@ class PerTest:
             plan.mode,
             label=item.nodeid,
             parity=plan.parity,
-            tolerance=tolerance if hook is None else dataclasses.replace(tolerance, hook=hook),
+            tolerance=tolerance if hook is None else tolerance._replace(hook=hook),
             # built on the first instrumented call
             observers=lambda: _observers(item, plan, variant),
             max_check_bytes=self.chosen.max_check_bytes,

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -110,19 +109,19 @@ def outcome(previous: str | None, report: pytest.TestReport) -> str | None:
     return previous or "passed"
 
 
-@dataclass(eq=False)  # a plugin object: pytest keeps plugins in sets, so hashable
 class Collector:
     """The controller's view: one record per test variant, from its reports."""
 
-    #: one per test variant, made by ``variant_record`` at the end of its teardown; where the
-    #: tests' reports are read (the JSON and HTML reports, xdist), it arrives on the teardown
-    #: report with its outcome and duration over the three phases filled in
-    records: dict[str, dict[str, Any]] = field(default_factory=dict)
-    #: pytest-xdist workers that went down with an error, each with the test it was running
-    lost_workers: list[str] = field(default_factory=list)
-    #: tests that reached their teardown report (or crashed): all of them in a complete run;
-    #: counted where the tests' reports are read (the JSON and HTML reports need it)
-    finished: int = 0
+    def __init__(self, records: dict[str, dict[str, Any]] | None = None) -> None:
+        #: one per test variant, made by ``variant_record`` at the end of its teardown; where
+        #: the tests' reports are read (the JSON and HTML reports, xdist), it arrives on the
+        #: teardown report with its outcome and duration over the three phases filled in
+        self.records: dict[str, dict[str, Any]] = {} if records is None else records
+        #: pytest-xdist workers that went down with an error, each with the test it was running
+        self.lost_workers: list[str] = []
+        #: tests that reached their teardown report (or crashed): all of them in a complete
+        #: run; counted where the tests' reports are read (the JSON and HTML reports need it)
+        self.finished = 0
 
     def worker_down(self, worker: str, error: object) -> None:
         """pytest-xdist lost ``worker``; :meth:`add` names the test it was running, if any."""

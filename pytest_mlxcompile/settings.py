@@ -9,8 +9,7 @@ import math
 import os
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 
@@ -149,8 +148,7 @@ def parse_size(value: str, source: str) -> int:
     return int(amount * _SIZE_UNITS[unit])
 
 
-@dataclass(frozen=True)
-class CompareRule:
+class CompareRule(NamedTuple):
     """One ``--mlx-compare-fail`` gate: fail a test whose ``field`` got worse by > ``percent``."""
 
     mode: str  # "compiled", "eager", "shapeless", or "" for the speedup
@@ -201,8 +199,7 @@ def parse_count(value: str, source: str) -> int:
     raise ValueError(f"{source}: {value!r} is not an int >= 0")
 
 
-@dataclass(frozen=True)
-class Option:
+class Option(NamedTuple):
     """One row of the option table: a command-line flag, its ini twin, and how to read both.
 
     ``ini_types`` are the pytest ini types the ini twin accepts, most specific first (``bool``,
@@ -432,8 +429,7 @@ OPTIONS: tuple[Option, ...] = (
 )
 
 
-@dataclass(frozen=True)
-class Settings:
+class Settings(NamedTuple):
     matrix: bool = False
     modes: tuple[Mode, ...] = ALL_MODES
     scope: str = "marked"

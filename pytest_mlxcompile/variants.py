@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import pytest
 
@@ -45,8 +44,7 @@ MODE_KEY = pytest.StashKey[Mode]()
 _FIXTURES = frozenset({"mlx_compile", "mlx_recompiles", MODE_PARAM})
 
 
-@dataclass(frozen=True)
-class VariantPlan:
+class VariantPlan(NamedTuple):
     mode: Mode
     parity: str
     tolerance: Tolerance

@@ -340,7 +340,7 @@ MARKER_BAD = ("'nope'", "-1", "10**400", "float('nan')", "object()", "[[1]]")
 
 def _marker_cases() -> list[object]:
     counts = ("max_recompiles", "max_shapes")  # any int >= 0 is a count, 10**400 included
-    names = [name for name in CompiledMarker.__dataclass_fields__ if name not in counts]
+    names = [name for name in CompiledMarker._fields if name not in counts]
     cases = [
         pytest.param(name, value, id=f"{name}={value}") for name in names for value in MARKER_BAD
     ]
