@@ -176,7 +176,11 @@ def _walk(node: Node, cases: Sequence[pytest.Mark]) -> pytest.Mark | None:
 
 def from_item(node: pytest.Item | pytest.Function) -> CompiledMarker | None:
     mark = closest(node)
-    return None if mark is None else parse(mark, node.nodeid)
+    if mark is None:
+        return None
+    if not mark.args and not mark.kwargs:  # bare: nothing to parse, no test id to name
+        return BARE
+    return parse(mark, node.nodeid)
 
 
 def parse(mark: pytest.Mark, test: str) -> CompiledMarker:

@@ -614,7 +614,9 @@ class PerTest:
         # teardown relies on it (pytest's logging plugin fails with a KeyError otherwise).
         error: BaseException | None = None
         try:
-            self._start(item)
+            plan = variants.plan(item, self.chosen, self.plans)
+            if plan is not None:  # None for most tests: no frame of _start for them
+                self._start(item, plan)
         except MarkerError as exc:  # a marker added after collection (item.add_marker)
             error = pytest.fail.Exception(str(exc), pytrace=False)
         except Exception as exc:
@@ -631,10 +633,7 @@ class PerTest:
             raise error
         return result
 
-    def _start(self, item: pytest.Item) -> None:
-        plan = variants.plan(item, self.chosen, self.plans)
-        if plan is None:
-            return
+    def _start(self, item: pytest.Item, plan: variants.VariantPlan) -> None:
         _mlx.core()  # loading mlx.core applies the patch
         self.nodeid = item.nodeid
         self.variant = variant = _Variant(plan)
@@ -729,25 +728,28 @@ class PerTest:
         __tracebackhide__ = True  # end-of-test checks (shapeless probe) report without our frames
         # Before the fixtures' finalizers (this wrapper is the innermost): undo what the test
         # itself changed, so that fixtures tear down from the state they set up.
-        saved = self.saved if self.item is item else None
+        mine = self.item is item
+        saved = self.saved if mine else None
         if saved is not None:
             for note in saved.restore():
                 warnings.warn(pytest.PytestWarning(f"pytest-mlxcompile: {note}"), stacklevel=1)
+        variant = self.variant if mine else None
+        if variant is None:  # most tests: nothing to stop or record after the finalizers
+            self.item = self.saved = None
+            return (yield)
         try:
             return (yield)
         finally:
-            variant = self.variant if self.item is item else None
-            run = variant.run if variant is not None else None
+            run = variant.run
             try:
                 if run is not None:
                     run.stop()  # may raise: checks that run at the end (shapeless probe) do
-                elif variant is not None and variant.plan is not None:
+                elif variant.plan is not None:
                     instrument.start_later(None)  # a variant nothing needed
             finally:
-                if variant is not None:
-                    if variant.coverage is not None:
-                        coverage_context.switch(variant.coverage, "")
-                    self._finish(item, variant)
+                if variant.coverage is not None:
+                    coverage_context.switch(variant.coverage, "")
+                self._finish(item, variant)
                 self.item = self.variant = self.saved = None
 
     def _finish(self, item: pytest.Item, variant: _Variant) -> None:

@@ -155,7 +155,7 @@ def check_markers(nodes: list[pytest.Item | pytest.Collector], cache: PlanCache)
             continue
         checked.add(name)
         mark = closest_outside_cases(node)
-        if mark is None:  # only its cases are marked: check_cases validates those
+        if mark is None or not (mark.args or mark.kwargs):  # no marker but its cases', or bare
             continue
         # named after the function, as the parametrize hook names it (not one of its cases)
         nodeid = node.nodeid[: len(node.nodeid) - len(node.name)] + name
@@ -239,9 +239,21 @@ def plan(item: pytest.Item, settings: Settings, cache: PlanCache) -> VariantPlan
     """
     if not isinstance(item, pytest.Function):
         return None
-    # the item's own markers are its function's and its parametrize case's
-    marker = from_item(item) if cache.applies(item) else None  # validated at collection
-    mode = matrix_mode(item)
+    # PlanCache.applies and matrix_mode, inline for the test the plugin leaves alone: no
+    # compiled marker (its own markers are its function's and its parametrize case's; its
+    # parents' are cached), no matrix parameter, no fixture of ours (benchmarks/run.py, P4)
+    for mark in item.own_markers:
+        if mark.name == MARKER:
+            marker = from_item(item)  # validated at collection
+            break
+    else:
+        parent = item.parent
+        marked = cache.parents.get(id(parent))
+        if marked is None:
+            marked = cache.marked(parent)
+        marker = from_item(item) if marked else None
+    callspec = getattr(item, "callspec", None)
+    mode = matrix_mode(item) if callspec is not None or type(item) is not pytest.Function else None
     if mode is None:
         if marker is None and settings.scope != "all" and _FIXTURES.isdisjoint(item.fixturenames):
             return None
