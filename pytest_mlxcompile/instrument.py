@@ -73,6 +73,9 @@ __all__ = [
 #: Transformations that call the user's function while MLX is tracing it. Calls made inside
 #: them must not evaluate anything (eval raises inside vmap and compile), so they are marked.
 _TRANSFORMS = ("grad", "value_and_grad", "vjp", "jvp", "vmap", "checkpoint")
+#: What changes the default device or stream: each test's isolation watches them instead of
+#: reading the default stream from MLX around every test (isolation.before_change).
+_STREAM_SETTERS = ("set_default_device", "set_default_stream", "clear_streams")
 
 
 class _CallDepth(threading.local):
@@ -97,7 +100,13 @@ class Patches:
         self.mx = mx
         self.originals: dict[str, Any] = {
             name: getattr(mx, name)
-            for name in ("compile", "enable_compile", "disable_compile", *_TRANSFORMS)
+            for name in (
+                "compile",
+                "enable_compile",
+                "disable_compile",
+                *_TRANSFORMS,
+                *_STREAM_SETTERS,
+            )
             if hasattr(mx, name)
         }
         self.compile: Callable[..., Any] = self.originals["compile"]
@@ -304,6 +313,18 @@ def install(mx: Any) -> None:
     for name in _TRANSFORMS:
         if name in patches.originals:
             setattr(mx, name, _marking_transform(patches.originals[name]))
+    for name in _STREAM_SETTERS:
+        if name in patches.originals:
+            setattr(mx, name, _watched_setter(patches.originals[name]))
+
+
+def _watched_setter(setter: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(setter)
+    def watched(*args: Any, **kwargs: Any) -> Any:
+        isolation.before_change()
+        return setter(*args, **kwargs)
+
+    return watched
 
 
 def uninstall() -> None:

@@ -4,11 +4,21 @@ What a test (or a compiled function it calls) can leave behind: the compile swit
 (``mx.disable_compile`` is process-global and unreadable, probe §10), the default device and
 stream, and placeholders in the global RNG key (``inputs=mx.random.state`` without ``outputs=``
 poisons it until the next seed, probe §5).
+
+The default device and stream are read from MLX only when a test changes them: the
+instrumented ``mx.set_default_device``, ``mx.set_default_stream`` and ``mx.clear_streams``
+(``instrument.install``) call :func:`before_change` first, which keeps the test thread's default
+stream as it was. Reading it before and after every test instead took four calls into MLX per
+test, the most of what isolation cost a suite of trivial tests (benchmarks/run.py, P4). A
+``with mx.stream(...)`` block puts its stream back itself; a change through a reference to
+MLX's own setter taken before the plugin loaded goes unseen (the plugin warns about importing
+mlx that early).
 """
 
 from __future__ import annotations
 
 import sys
+import threading
 from typing import TYPE_CHECKING, Any
 
 from pytest_mlxcompile import _mlx
@@ -16,10 +26,11 @@ from pytest_mlxcompile import _mlx
 if TYPE_CHECKING:
     from pytest_mlxcompile.compile_switch import CompileSwitch
 
-__all__ = ["GlobalState"]
+__all__ = ["GlobalState", "before_change"]
 
 _MLX_CORE = _mlx.MLX_CORE
 _new = object.__new__
+_get_ident = threading.get_ident
 
 #: The compile switch of the instrumented ``mlx.core`` (``instrument.install`` sets it, and
 #: ``uninstall`` clears it): read once per test, where looking it up through the module would
@@ -27,46 +38,70 @@ _new = object.__new__
 #: from here would keep the value it had then.
 switch: CompileSwitch | None = None
 
+#: The state of the test in progress, from its capture to its restore (a test that runs
+#: pytest in-process nests the inner session's tests in it: each restore goes back out)
+_watched: GlobalState | None = None
+
+
+def before_change() -> None:
+    """Keep the default stream of the test's thread before its first change: the instrumented
+    setters call this first. A change in another thread changes that thread's stream."""
+    watched = _watched
+    if watched is not None and watched.stream is None and _get_ident() == watched.thread:
+        mx = watched.mx
+        watched.stream = mx.default_stream(mx.default_device())
+
 
 class GlobalState:
     """Captured and put back around every test: a plain class with slots, cheap (P4)."""
 
-    __slots__ = ("keys", "mx", "random_key", "stream")
+    __slots__ = ("keys", "mx", "outer", "random_key", "stream", "thread")
 
     mx: Any
-    stream: Any  # the default device's default stream: its ``device`` is the default device
+    #: the default device's default stream before the test first changed it (its ``device`` is
+    #: the default device then); None while the test has changed neither (before_change)
+    stream: Any
+    thread: int
+    outer: GlobalState | None
     keys: list[Any]  # this thread's key list (MLX keeps it for the thread's life)
     random_key: Any
 
     @classmethod
     def capture(cls) -> GlobalState | None:
         """None when MLX is not loaded: then there is nothing a test could have changed."""
+        global _watched
         mx = sys.modules.get(_MLX_CORE)
         if mx is None:
             return None
         # filled here, not by an __init__: one frame less for every test (benchmarks, P4)
         saved = _new(cls)
         saved.mx = mx
-        saved.stream = mx.default_stream(mx.default_device())
+        saved.stream = None
+        saved.thread = _get_ident()
+        saved.outer = _watched
         saved.keys = keys = _mlx.random_key_list()
         saved.random_key = keys[0] if keys else None
+        _watched = saved
         return saved
 
     def restore(self) -> tuple[str, ...]:
         """Put the state back; returns what had to be repaired that the user should know."""
+        global _watched
         if switch is not None and switch.touched:
             switch.restore()
-        mx = self.mx
         stream = self.stream
-        # One comparison in the common case: another device, or another default stream of
-        # this one, gives another stream here. ``not ==``: MLX's objects define only __eq__,
-        # and != finds it after a slow search (3x the time; this runs for every test).
-        if not mx.default_stream(mx.default_device()) == stream:  # noqa: SIM201
-            device = stream.device
-            if mx.default_device() != device:
-                mx.set_default_device(device)
-            if mx.default_stream(device) != stream:
-                mx.set_default_stream(stream)
+        try:
+            if stream is not None:  # the test changed the default device or a default stream
+                # through the instrumented setters while still watched: before_change keeps
+                # the stream it kept (an outer test's is not this one's to change)
+                mx = self.mx
+                device = stream.device
+                if mx.default_device() != device:
+                    mx.set_default_device(device)
+                if mx.default_stream(device) != stream:
+                    mx.set_default_stream(stream)
+        finally:
+            _watched = self.outer
         keys = self.keys
         # Every change of the key (a random call, a seed, a compile that writes a tracer into
         # it) puts a new array object in the list: the same object as before the test is the

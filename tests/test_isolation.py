@@ -100,6 +100,59 @@ def test_a_placeholder_left_in_the_random_state_is_repaired_with_a_warning(pytes
     )
 
 
+def test_a_default_stream_set_in_another_thread_is_that_threads_and_left_alone(pytester, run):
+    # MLX keeps a default stream per thread: the test thread's stays, and nothing of the other
+    # thread's is put back on it.
+    pytester.makepyfile(
+        """
+        import threading
+        import mlx.core as mx
+
+        ORIGINAL = mx.default_stream(mx.default_device())
+
+        def test_sets_one_in_a_thread():
+            seen = []
+            def work():
+                mx.set_default_stream(mx.new_stream(mx.cpu))
+                seen.append(mx.default_stream(mx.cpu))
+            thread = threading.Thread(target=work)
+            thread.start()
+            thread.join()
+            assert seen[0] != ORIGINAL
+            assert mx.default_stream(mx.default_device()) == ORIGINAL
+
+        def test_next_sees_the_original_stream():
+            assert mx.default_stream(mx.default_device()) == ORIGINAL
+        """
+    )
+    run("-v").assert_outcomes(passed=2)
+
+
+def test_mlx_setters_are_its_own_again_after_the_session(pytester):
+    # mlx loads inside the session (the test module imports it): the plugin patched it then,
+    # and puts MLX's own functions back at the end
+    pytester.makepyfile(
+        test_sets="""
+        import mlx.core as mx
+
+        def test_a():
+            mx.set_default_stream(mx.new_stream(mx.cpu))
+        """
+    )
+    pytester.makepyfile(
+        drive="""
+        import pytest
+        code = pytest.main(["-p", "mlxcompile", "-p", "no:cacheprovider", "-q", "test_sets.py"])
+        import mlx.core as mx
+        names = ("set_default_device", "set_default_stream", "clear_streams")
+        print("WRAPPED AFTER:", [n for n in names if hasattr(getattr(mx, n), "__wrapped__")])
+        """
+    )
+    result = pytester.runpython(pytester.path / "drive.py")
+    assert result.ret == 0, result.stderr.str()
+    result.stdout.fnmatch_lines(["*1 passed*", "WRAPPED AFTER: []"])
+
+
 def test_what_a_module_fixture_sets_stays_for_every_test_that_uses_it(pytester, run):
     pytester.makepyfile(
         """
@@ -294,10 +347,11 @@ def test_a_hook_that_fails_when_mlx_loads_does_not_keep_the_other_hooks_from_run
 
 def test_a_test_that_moves_to_another_device_gets_its_device_and_stream_back(monkeypatch):
     # This machine has one device (MLX's CPU backend): a stand-in for mlx.core with two, that
-    # keeps a default stream per device as MLX does, drives GlobalState's device branch.
+    # keeps a default stream per device as MLX does, drives GlobalState's device branch. Its
+    # setters tell isolation before they change anything, as the instrumented ones do.
     from types import SimpleNamespace
 
-    from pytest_mlxcompile.isolation import GlobalState
+    from pytest_mlxcompile.isolation import GlobalState, before_change
 
     class Device(SimpleNamespace):
         pass
@@ -320,9 +374,11 @@ def test_a_test_that_moves_to_another_device_gets_its_device_and_stream_back(mon
             return self.streams[device.name]
 
         def set_default_device(self, device):
+            before_change()
             self.device = device
 
         def set_default_stream(self, stream):
+            before_change()
             self.streams[stream.device.name] = stream
 
     fake = FakeCore()
