@@ -315,13 +315,20 @@ def install(mx: Any) -> None:
             setattr(mx, name, _marking_transform(patches.originals[name]))
     for name in _STREAM_SETTERS:
         if name in patches.originals:
-            setattr(mx, name, _watched_setter(patches.originals[name]))
+            setattr(mx, name, _watched_setter(patches.originals[name], name))
 
 
-def _watched_setter(setter: Callable[..., Any]) -> Callable[..., Any]:
+def _watched_setter(setter: Callable[..., Any], name: str) -> Callable[..., Any]:
+    """``setter``, telling isolation first what it is about to change (the default stream of
+    the stream's device, for ``set_default_stream``)."""
+    takes_stream = name == "set_default_stream"
+
     @functools.wraps(setter)
     def watched(*args: Any, **kwargs: Any) -> Any:
-        isolation.before_change()
+        if takes_stream:
+            isolation.before_change(args[0] if args else kwargs.get("stream"))
+        else:
+            isolation.before_change()
         return setter(*args, **kwargs)
 
     return watched

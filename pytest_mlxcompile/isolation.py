@@ -43,24 +43,36 @@ switch: CompileSwitch | None = None
 _watched: GlobalState | None = None
 
 
-def before_change() -> None:
-    """Keep the default stream of the test's thread before its first change: the instrumented
-    setters call this first. A change in another thread changes that thread's stream."""
+def before_change(stream: Any = None) -> None:
+    """Keep what a setter is about to change, as it was before the test's first change: the
+    default device, and the default stream of ``stream``'s device (of the default device when
+    ``stream`` is None). The instrumented setters call this first. A change in another thread
+    changes that thread's streams, and is left alone."""
     watched = _watched
-    if watched is not None and watched.stream is None and _get_ident() == watched.thread:
-        mx = watched.mx
-        watched.stream = mx.default_stream(mx.default_device())
+    if watched is None or _get_ident() != watched.thread:
+        return
+    mx = watched.mx
+    if watched.device is None:
+        watched.device = mx.default_device()
+        watched.streams = []
+    device = watched.device if stream is None else getattr(stream, "device", watched.device)
+    kept = watched.streams
+    if not any(s.device == device for s in kept):
+        kept.append(mx.default_stream(device))
 
 
 class GlobalState:
     """Captured and put back around every test: a plain class with slots, cheap (P4)."""
 
-    __slots__ = ("keys", "mx", "outer", "random_key", "stream", "thread")
+    __slots__ = ("device", "keys", "mx", "outer", "random_key", "streams", "thread")
 
     mx: Any
-    #: the default device's default stream before the test first changed it (its ``device`` is
-    #: the default device then); None while the test has changed neither (before_change)
-    stream: Any
+    #: the default device before the test first changed it or a default stream; None while it
+    #: has changed neither (before_change)
+    device: Any
+    #: the default stream of each device whose default stream the test may have changed, as it
+    #: was before (before_change; set with ``device``)
+    streams: list[Any]
     thread: int
     outer: GlobalState | None
     keys: list[Any]  # this thread's key list (MLX keeps it for the thread's life)
@@ -76,7 +88,7 @@ class GlobalState:
         # filled here, not by an __init__: one frame less for every test (benchmarks, P4)
         saved = _new(cls)
         saved.mx = mx
-        saved.stream = None
+        saved.device = None
         saved.thread = _get_ident()
         saved.outer = _watched
         saved.keys = keys = _mlx.random_key_list()
@@ -89,17 +101,17 @@ class GlobalState:
         global _watched
         if switch is not None and switch.touched:
             switch.restore()
-        stream = self.stream
+        device = self.device
         try:
-            if stream is not None:  # the test changed the default device or a default stream
+            if device is not None:  # the test changed the default device or a default stream
                 # through the instrumented setters while still watched: before_change keeps
-                # the stream it kept (an outer test's is not this one's to change)
+                # what it kept (an outer test's is not this one's to change)
                 mx = self.mx
-                device = stream.device
+                for stream in self.streams:
+                    if mx.default_stream(stream.device) != stream:
+                        mx.set_default_stream(stream)
                 if mx.default_device() != device:
                     mx.set_default_device(device)
-                if mx.default_stream(device) != stream:
-                    mx.set_default_stream(stream)
         finally:
             _watched = self.outer
         keys = self.keys

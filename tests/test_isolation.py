@@ -67,7 +67,7 @@ def test_the_default_device_and_stream_are_restored_after_a_test(pytester, run):
         ORIGINAL = mx.default_stream(mx.default_device())
 
         def test_changes_stream():
-            mx.set_default_stream(mx.new_stream(mx.cpu))
+            mx.set_default_stream(mx.new_stream(mx.default_device()))
             assert mx.default_stream(mx.default_device()) != ORIGINAL
 
         def test_sees_the_original_stream():
@@ -113,8 +113,9 @@ def test_a_default_stream_set_in_another_thread_is_that_threads_and_left_alone(p
         def test_sets_one_in_a_thread():
             seen = []
             def work():
-                mx.set_default_stream(mx.new_stream(mx.cpu))
-                seen.append(mx.default_stream(mx.cpu))
+                device = mx.default_device()
+                mx.set_default_stream(mx.new_stream(device))
+                seen.append(mx.default_stream(device))
             thread = threading.Thread(target=work)
             thread.start()
             thread.join()
@@ -378,19 +379,21 @@ def test_a_test_that_moves_to_another_device_gets_its_device_and_stream_back(mon
             self.device = device
 
         def set_default_stream(self, stream):
-            before_change()
+            before_change(stream)
             self.streams[stream.device.name] = stream
 
     fake = FakeCore()
-    original = fake.streams["cpu"]
+    original = dict(fake.streams)
     monkeypatch.setitem(sys.modules, "mlx.core", fake)
     saved = GlobalState.capture()
     assert saved is not None
 
-    # the test: another device, and another default stream on the first one
+    # the test: another default stream on a device that is not the default one, another
+    # device, and another default stream on the first one
+    fake.set_default_stream(Stream(device=gpu, index=3))
     fake.set_default_device(gpu)
     fake.set_default_stream(Stream(device=cpu, index=2))
     assert saved.restore() == ()
 
     assert fake.default_device() is cpu
-    assert fake.default_stream(cpu) is original
+    assert fake.streams == original
