@@ -75,7 +75,7 @@ __all__ = [
 _TRANSFORMS = ("grad", "value_and_grad", "vjp", "jvp", "vmap", "checkpoint")
 #: What changes the default device or stream: each test's isolation watches them instead of
 #: reading the default stream from MLX around every test (isolation.before_change).
-_STREAM_SETTERS = ("set_default_device", "set_default_stream", "clear_streams")
+_STREAM_SETTERS = ("set_default_device", "set_default_stream", "clear_streams", "stream")
 
 
 class _CallDepth(threading.local):
@@ -319,14 +319,16 @@ def install(mx: Any) -> None:
 
 
 def _watched_setter(setter: Callable[..., Any], name: str) -> Callable[..., Any]:
-    """``setter``, telling isolation first what it is about to change (the default stream of
-    the stream's device, for ``set_default_stream``)."""
-    takes_stream = name == "set_default_stream"
+    """``setter``, telling isolation first what it is about to change: the default stream of
+    the device of its argument for ``set_default_stream`` and ``mx.stream`` (whose context
+    changes the default device and stream in MLX's own code, and puts them back on exit: a
+    change made inside it must not take the block's state for the test's)."""
+    keyword = {"set_default_stream": "stream", "stream": "s"}.get(name)
 
     @functools.wraps(setter)
     def watched(*args: Any, **kwargs: Any) -> Any:
-        if takes_stream:
-            isolation.before_change(args[0] if args else kwargs.get("stream"))
+        if keyword is not None:
+            isolation.before_change(args[0] if args else kwargs.get(keyword))
         else:
             isolation.before_change()
         return setter(*args, **kwargs)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import sys
 import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from pytest_mlxcompile import _mlx
@@ -26,7 +27,7 @@ from pytest_mlxcompile import _mlx
 if TYPE_CHECKING:
     from pytest_mlxcompile.compile_switch import CompileSwitch
 
-__all__ = ["GlobalState", "before_change"]
+__all__ = ["GlobalState", "before_change", "unwind"]
 
 _MLX_CORE = _mlx.MLX_CORE
 _new = object.__new__
@@ -43,22 +44,40 @@ switch: CompileSwitch | None = None
 _watched: GlobalState | None = None
 
 
-def before_change(stream: Any = None) -> None:
+def before_change(target: Any = None) -> None:
     """Keep what a setter is about to change, as it was before the test's first change: the
-    default device, and the default stream of ``stream``'s device (of the default device when
-    ``stream`` is None). The instrumented setters call this first. A change in another thread
-    changes that thread's streams, and is left alone."""
+    default device (one for the process), and the default stream of ``target``'s device (a
+    stream's, a device's; the default device's for None) when the test's thread changes it:
+    each thread has its own default streams. The instrumented setters and ``mx.stream`` call
+    this first."""
     watched = _watched
-    if watched is None or _get_ident() != watched.thread:
+    if watched is None:
         return
     mx = watched.mx
     if watched.device is None:
         watched.device = mx.default_device()
         watched.streams = []
-    device = watched.device if stream is None else getattr(stream, "device", watched.device)
+    if _get_ident() != watched.thread:
+        return
+    device = getattr(target, "device", target)
+    if not isinstance(device, (mx.Device, mx.DeviceType)):  # None, a ThreadLocalStream
+        device = watched.device
     kept = watched.streams
     if not any(s.device == device for s in kept):
         kept.append(mx.default_stream(device))
+
+
+def unwind() -> Callable[[], None]:
+    """For a session's end: watch again what was watched at its start. A session ended by
+    ``pytest.exit`` skips its last test's restore, and a session run inside a test (pytester)
+    must hand that test's state back."""
+    outer = _watched
+
+    def back() -> None:
+        global _watched
+        _watched = outer
+
+    return back
 
 
 class GlobalState:
@@ -99,10 +118,10 @@ class GlobalState:
     def restore(self) -> tuple[str, ...]:
         """Put the state back; returns what had to be repaired that the user should know."""
         global _watched
-        if switch is not None and switch.touched:
-            switch.restore()
         device = self.device
         try:
+            if switch is not None and switch.touched:
+                switch.restore()
             if device is not None:  # the test changed the default device or a default stream
                 # through the instrumented setters while still watched: before_change keeps
                 # what it kept (an outer test's is not this one's to change)

@@ -18,9 +18,8 @@ import pytest
 from _pytest.reports import CollectErrorRepr
 from _pytest.unittest import UnitTestCase
 
-from pytest_mlxcompile import _mlx, hookspecs, records, settings, variants
+from pytest_mlxcompile import _mlx, hookspecs, isolation, records, settings, variants
 from pytest_mlxcompile.errors import ParityError
-from pytest_mlxcompile.isolation import GlobalState
 from pytest_mlxcompile.markers import MARKER_HELP, MarkerError
 from pytest_mlxcompile.modes import Mode, parse_modes
 
@@ -181,6 +180,8 @@ def pytest_configure(config: pytest.Config) -> None:
     if config.pluginmanager.hasplugin("xdist"):
         config.pluginmanager.register(XdistHooks(config), "mlxcompile-xdist")
     config.add_cleanup(_forget_static_lookups)
+    # the state of a test cut short by pytest.exit, or of the test that runs this session
+    config.add_cleanup(isolation.unwind())
     if resolved.cov_context:
         _start_coverage_contexts(config)
 
@@ -574,7 +575,7 @@ class PerTest:
         #: the nodeid of the test whose variant this is: current while ``variant`` is not None
         self.nodeid = ""
         self.variant: _Variant | None = None
-        self.saved: GlobalState | None = None
+        self.saved: isolation.GlobalState | None = None
         #: the finished test whose stash still holds its run, for conftest code that reads it
         #: up to its last report (forget_run)
         self.ran: pytest.Item | None = None
@@ -628,7 +629,7 @@ class PerTest:
             raise
         # After every fixture's setup: what a module or session fixture set (a default stream,
         # a device) is the state this test starts from, and stays after it.
-        self.saved = GlobalState.capture()
+        self.saved = isolation.GlobalState.capture()
         if error is not None:
             raise error
         return result

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 from pathlib import Path
 
 import pytest_mlxcompile
@@ -121,6 +122,52 @@ def test_a_default_stream_set_in_another_thread_is_that_threads_and_left_alone(p
             thread.join()
             assert seen[0] != ORIGINAL
             assert mx.default_stream(mx.default_device()) == ORIGINAL
+
+        def test_next_sees_the_original_stream():
+            assert mx.default_stream(mx.default_device()) == ORIGINAL
+        """
+    )
+    run("-v").assert_outcomes(passed=2)
+
+
+def test_a_change_made_inside_a_stream_block_is_undone_to_the_state_before_the_block(pytester, run):
+    # mx.stream's context changes the default stream in MLX's own code and puts it back on
+    # exit: what the test started with is the state before the block, not inside it
+    pytester.makepyfile(
+        """
+        import mlx.core as mx
+
+        ORIGINAL = mx.default_stream(mx.default_device())
+
+        def test_first_change_inside_a_block():
+            device = mx.default_device()
+            with mx.stream(mx.new_stream(device)):
+                mx.set_default_stream(mx.new_stream(device))
+            assert mx.default_stream(device) == ORIGINAL  # the block put it back
+
+        def test_next_sees_the_original_stream():
+            assert mx.default_stream(mx.default_device()) == ORIGINAL
+        """
+    )
+    run("-v").assert_outcomes(passed=2)
+
+
+def test_a_test_that_runs_a_session_ended_by_pytest_exit_still_has_its_own_change_undone(
+    pytester, run
+):
+    pytester.makeconftest('pytest_plugins = ["pytester"]')
+    pytester.makepyfile(
+        """
+        import mlx.core as mx
+
+        ORIGINAL = mx.default_stream(mx.default_device())
+
+        def test_runs_an_inner_session_then_changes_the_stream(pytester):
+            pytester.makepyfile(
+                test_inner="import pytest\\ndef test_stops():\\n    pytest.exit('stop')\\n"
+            )
+            pytester.runpytest_inprocess("-p", "mlxcompile", "-p", "no:cacheprovider")
+            mx.set_default_stream(mx.new_stream(mx.default_device()))
 
         def test_next_sees_the_original_stream():
             assert mx.default_stream(mx.default_device()) == ORIGINAL
@@ -382,6 +429,7 @@ def test_a_test_that_moves_to_another_device_gets_its_device_and_stream_back(mon
             before_change(stream)
             self.streams[stream.device.name] = stream
 
+    FakeCore.Device = FakeCore.DeviceType = Device  # what isolation tells devices by
     fake = FakeCore()
     original = dict(fake.streams)
     monkeypatch.setitem(sys.modules, "mlx.core", fake)
@@ -397,3 +445,12 @@ def test_a_test_that_moves_to_another_device_gets_its_device_and_stream_back(mon
 
     assert fake.default_device() is cpu
     assert fake.streams == original
+
+    # MLX's default device is one for the process: another thread's change is undone too
+    saved = GlobalState.capture()
+    assert saved is not None
+    worker = threading.Thread(target=fake.set_default_device, args=(gpu,))
+    worker.start()
+    worker.join()
+    assert saved.restore() == ()
+    assert fake.default_device() is cpu
