@@ -5,14 +5,14 @@ What a test (or a compiled function it calls) can leave behind: the compile swit
 stream, and placeholders in the global RNG key (``inputs=mx.random.state`` without ``outputs=``
 poisons it until the next seed, probe §5).
 
-The default device and stream are read from MLX only when a test changes them: the
-instrumented ``mx.set_default_device``, ``mx.set_default_stream`` and ``mx.clear_streams``
-(``instrument.install``) call :func:`before_change` first, which keeps the test thread's default
-stream as it was. Reading it before and after every test instead took four calls into MLX per
-test, the most of what isolation cost a suite of trivial tests (benchmarks/run.py, P4). A
-``with mx.stream(...)`` block puts its stream back itself; a change through a reference to
-MLX's own setter taken before the plugin loaded goes unseen (the plugin warns about importing
-mlx that early).
+The default device and streams are read from MLX only when a test changes them: the
+instrumented ``mx.set_default_device``, ``mx.set_default_stream``, ``mx.clear_streams`` and
+``mx.stream`` (``instrument.install``) call :func:`before_change` first, which keeps the default
+device and the changed device's default stream as they were. Reading the default stream before
+and after every test instead took four calls into MLX per test, the most of what isolation cost
+a suite of trivial tests (benchmarks/run.py, P4). A change through a reference to MLX's own
+function taken before the plugin loaded, or made in C++, goes unseen (the plugin warns about
+importing mlx that early).
 """
 
 from __future__ import annotations
