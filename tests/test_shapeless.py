@@ -733,3 +733,36 @@ def test_the_probe_s_eager_replays_put_back_the_numbers_they_bump(pytester, run)
     result = run("--mlx-compile-matrix", "--mlx-modes=shapeless", "--mlx-parity=off", "-v")
     result.assert_outcomes(passed=2)
     result.stdout.fnmatch_lines(["*::test_after PASSED*"])
+
+
+def test_a_compiled_gradient_that_reads_a_shape_is_probed_and_named_not_shapeless_safe(
+    pytester, run
+):
+    # mx.value_and_grad(f) runs the plugin's transform wrapper, whose own globals change at
+    # every call: the probe judges what f reads, and is not skipped as "rebound"
+    pytester.makepyfile(
+        """
+        import mlx.core as mx
+        import pytest
+
+        def mean_loss(x):
+            return x.sum() / x.shape[0]  # the size baked in at trace time
+
+        step = mx.compile(mx.value_and_grad(mean_loss))
+
+        @pytest.mark.compiled
+        def test_step():
+            value, grad = step(mx.ones(4))
+            mx.eval(value, grad)
+        """
+    )
+    result = run("--mlx-compile-matrix", "-rs")
+    result.assert_outcomes(passed=2, skipped=1)
+    result.stdout.fnmatch_lines(
+        [
+            "SKIPPED [[]1[]] *value_and_grad(mean_loss) (test_*.py:4) is not shapeless-safe: "
+            "compiled shapeless it is wrong at sizes the test did not use (the trace read .shape "
+            "at test_*.py:5)*"
+        ]
+    )
+    result.stdout.no_fnmatch_line("*shapeless probe skipped*")
