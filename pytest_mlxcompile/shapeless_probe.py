@@ -406,9 +406,6 @@ def _add_note(record: FunctionRecord, note: Note) -> None:
 
 
 # what the function reads besides its arguments ----------------------------------------------------
-_TRANSFORM_WRAPPER_MODULE = "pytest_mlxcompile.instrument"
-
-
 def _bindings(fun: object) -> dict[str, object]:
     """Closure variables and globals the function's code reads, by a name for people."""
     try:
@@ -416,7 +413,7 @@ def _bindings(fun: object) -> dict[str, object]:
         code = getattr(func, "__code__", None)
         if func is None or code is None:
             return {}
-        if func.__globals__.get("__name__") == _TRANSFORM_WRAPPER_MODULE:
+        if func.__globals__.get("__name__") == instrument.__name__:
             # mx.grad(f) and friends call the plugin's wrapper (instrument._marking_transform),
             # whose own globals change at every call: what counts is what ``f`` reads
             cells = dict(zip(code.co_freevars, func.__closure__ or (), strict=False))
