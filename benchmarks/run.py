@@ -378,8 +378,9 @@ def p2(repeats: int, quick: bool) -> list[Row]:
     env = {f"P2_{k.upper()}": ",".join(map(str, v)) for k, v in shapes.items()}
     # On a shared CPU the reference loop disagrees with itself by 15-40% between two runs
     # seconds apart in one process (docs/performance.md): the median over repeats needs more
-    # of them there to settle within the 5% goal. 15 were not enough: the small GELU's eager
-    # median read +7.6% (96% interval -4.1% to +18.4%) where 31 read -0.0% (-3.2% to +3.9%).
+    # of them there to settle within the 5% goal. With 15, one run read the small GELU's eager
+    # median +7.6% (96% interval -4.1% to +18.4%); the next, with 31, read -0.0% (97% interval
+    # -3.2% to +3.9%), though its compiled interval was no narrower (-9.3% to +6.1%).
     if not quick:
         repeats = max(repeats, 9 if on_gpu else 31)
     ref: dict[str, list[tuple[float, float]]] = {k: [] for k in shapes}
