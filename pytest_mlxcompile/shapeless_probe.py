@@ -415,10 +415,10 @@ def _bindings(fun: object) -> dict[str, object]:
             return {}
         if func.__globals__.get("__name__") == instrument.__name__:
             # mx.grad(f) and friends call the plugin's wrapper (instrument._marking_transform),
-            # whose own globals change at every call: what counts is what ``f`` reads
-            cells = dict(zip(code.co_freevars, func.__closure__ or (), strict=False))
-            inner = cells.get("fun")
-            return _bindings(inner.cell_contents) if inner is not None else {}
+            # whose own globals change at every call: what counts is what ``f`` reads, which
+            # the wrapper names as its ``__wrapped__``
+            inner = getattr(func, "__wrapped__", None)
+            return _bindings(inner) if inner is not None else {}
         found: dict[str, object] = {}
         for name, cell in zip(code.co_freevars, func.__closure__ or (), strict=False):
             try:
