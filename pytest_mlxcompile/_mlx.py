@@ -164,22 +164,31 @@ _MAIN_THREAD = threading.main_thread().ident
 _main_keys: tuple[Any, list[Any]] | None = None
 
 
-#: MLX's errors for a custom kernel whose backend this build lacks (probe §11): the kernel can be
-#: built everywhere but raises when called.
-_MISSING_BACKEND = {
-    "[metal_kernel] No Metal back-end": "Metal",
-    "[cuda_kernel] No CUDA back-end": "CUDA",
+#: MLX's errors for a custom kernel that cannot run here, and what the test needs instead (probe
+#: §11): both constructors exist in every build, but a call raises where the kernel's backend is
+#: absent (RuntimeError), and, in a build that has it, when the kernel's stream is on the CPU
+#: (ValueError; mlx/backend/cuda/custom_kernel.cpp for the default stream, Metal only for an
+#: explicit CPU stream, since it defaults a kernel to the GPU).
+_CANNOT_RUN_KERNEL = {
+    "[metal_kernel] No Metal back-end": "MLX's Metal backend for a custom kernel, which this "
+    "build lacks",
+    "[cuda_kernel] No CUDA back-end": "MLX's CUDA backend for a custom kernel, which this "
+    "build lacks",
+    "[metal_kernel] Only supports the GPU": "a GPU stream for a custom kernel, and it was "
+    "called on the CPU",
+    "[custom_kernel] Only supports the GPU": "a GPU stream for a custom kernel, and it was "
+    "called on the CPU",
 }
 
 
 def missing_backend(exc: BaseException) -> str | None:
-    """``"Metal"``/``"CUDA"`` when ``exc`` says a custom kernel's backend is absent, else None."""
-    if not isinstance(exc, RuntimeError):
+    """What a custom kernel that raised ``exc`` needs and this run lacks, else None."""
+    if not isinstance(exc, (RuntimeError, ValueError)):
         return None
     text = str(exc)
-    for prefix, backend in _MISSING_BACKEND.items():
+    for prefix, needs in _CANNOT_RUN_KERNEL.items():
         if text.startswith(prefix):
-            return backend
+            return needs
     return None
 
 

@@ -687,13 +687,12 @@ class PerTest:
         except ParityError as exc:
             self._parity_failed(exc)
             raise
-        except RuntimeError as exc:
-            backend = _mlx.missing_backend(exc) if variant.plan is not None else None
-            if backend is None:
+        except (RuntimeError, ValueError) as exc:
+            needs = _mlx.missing_backend(exc) if variant.plan is not None else None
+            if needs is None:
                 raise
             skip = pytest.skip.Exception(
-                f"needs MLX's {backend} backend for a custom kernel, which this build lacks "
-                f"(default device: {_mlx.core().default_device()}): {exc}"
+                f"needs {needs} (default device: {_mlx.core().default_device()}): {exc}"
             )
             # keep the kernel call's traceback, so the skip points at the user's line
             raise skip.with_traceback(exc.__traceback__) from None

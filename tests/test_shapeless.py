@@ -132,6 +132,56 @@ def test_an_unmarked_test_whose_kernel_backend_is_missing_still_fails(pytester, 
     run().assert_outcomes(failed=1)
 
 
+GPU_STREAM_TEST = """
+import mlx.core as mx
+import pytest
+
+@mx.compile
+def launch(x):
+    # what a CUDA build raises for a custom kernel on the CPU device, and Metal for one given a
+    # CPU stream (mlx/backend/cuda/custom_kernel.cpp): this CPU-only build cannot raise it itself
+    raise ValueError("{message}")
+
+{marker}
+def test_kernel():
+    launch(mx.ones(4))
+"""
+
+
+def test_a_marked_test_whose_custom_kernel_ran_on_the_cpu_skips_with_the_reason(pytester, run):
+    pytest.importorskip("mlx.core")
+    pytester.makepyfile(
+        GPU_STREAM_TEST.format(
+            message="[custom_kernel] Only supports the GPU.", marker="@pytest.mark.compiled"
+        )
+    )
+    result = run("-rs")
+    result.assert_outcomes(skipped=1)
+    result.stdout.fnmatch_lines(
+        [
+            "SKIPPED [[]1[]] test_*.py:8: needs a GPU stream for a custom kernel, and it was "
+            "called on the CPU (default device: Device(*)): "
+            "[[]custom_kernel[]] Only supports the GPU."
+        ]
+    )
+
+
+@pytest.mark.parametrize(
+    ("message", "marker"),
+    [
+        ("[custom_kernel] Only supports the GPU.", ""),
+        ("[custom_kernel] Expected `output_dtypes` to have size 1", "@pytest.mark.compiled"),
+    ],
+    ids=["unmarked", "another kernel error"],
+)
+def test_other_kernel_value_errors_and_unmarked_tests_still_fail(pytester, run, message, marker):
+    pytest.importorskip("mlx.core")
+    pytester.makepyfile(GPU_STREAM_TEST.format(message=message, marker=marker))
+    result = run()
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*ValueError: [[]custom_kernel[]]*"])
+
+
 SHAPELESS = """
 from functools import partial
 import mlx.core as mx
