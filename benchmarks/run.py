@@ -1,6 +1,6 @@
 """What pytest-mlxcompile costs, and how true its timings are: one command, one markdown table.
 
-    python benchmarks/run.py [--only P1,P2] [--repeats N] [--out DIR]
+    python benchmarks/run.py [--only P1,P2] [--repeats N] [--out DIR] [--device cpu|gpu]
 
 Rows, each measured side by side in this one run (ratios, never absolute thresholds):
 
@@ -74,8 +74,19 @@ def plugin_args(on: bool) -> list[str]:
     return ["-p", "pytest_mlxcompile.plugin"] if on else []
 
 
+#: ``--device``: MLX's default device in this process and, by ``benchmarks/_device.py``, in
+#: every pytest process the parts start; empty for MLX's own default (a GPU where there is one)
+DEVICE = ""
+
+
+def device_args() -> list[str]:
+    return ["-p", "benchmarks._device"] if DEVICE else []
+
+
 def child_env() -> dict[str, str]:
     env = dict(os.environ)
+    if DEVICE:
+        env["MLXCOMPILE_BENCH_DEVICE"] = DEVICE
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
     env.pop("PYTEST_ADDOPTS", None)
     # Python keeps compiled modules (__pycache__) as it does by default and as a pip install
@@ -94,7 +105,7 @@ def pytest_timed(
 
     CPU time is the process's user + system time: on a shared machine wall time also counts
     the time other processes held the cores."""
-    cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args]
+    cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *device_args(), *args]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     proc = subprocess.run(
@@ -373,7 +384,7 @@ def p2(repeats: int, quick: bool) -> list[Row]:
     shapes = (
         {"large": (32, 1000, 4096), "small": (1000, 4096)}
         if on_gpu
-        else {"large": (16, 1024), "small": (2, 128)}
+        else {"large": (64, 1024), "small": (2, 128)}
     )
     env = {f"P2_{k.upper()}": ",".join(map(str, v)) for k, v in shapes.items()}
     # On a shared CPU the reference loop disagrees with itself by 15-40% between two runs
@@ -607,6 +618,7 @@ def instructions(
                 "pytest",
                 "-p",
                 "no:cacheprovider",
+                *device_args(),
                 *args,
             ],
             cwd=cwd,
@@ -641,7 +653,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="fewer blocks and tests (smoke)")
     parser.add_argument("--out", type=Path, help="also write benchmarks.md/.json here")
+    parser.add_argument(
+        "--device",
+        choices=("cpu", "gpu"),
+        help="MLX's default device for every part (default: MLX's own, a GPU where there is "
+        "one); --device cpu measures the CPU rows on a GPU machine's idle cores",
+    )
     args = parser.parse_args(argv)
+    if args.device:
+        import mlx.core as mx
+
+        global DEVICE
+        DEVICE = args.device
+        mx.set_default_device(mx.Device(getattr(mx.DeviceType, DEVICE)))
     info = machine()
     rows: list[Row] = []
     for part in args.only.split(","):
