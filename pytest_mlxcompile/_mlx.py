@@ -164,31 +164,32 @@ _MAIN_THREAD = threading.main_thread().ident
 _main_keys: tuple[Any, list[Any]] | None = None
 
 
-#: MLX's errors for a custom kernel that cannot run here, and what the test needs instead (probe
-#: §11): both constructors exist in every build, but a call raises where the kernel's backend is
-#: absent (RuntimeError), and, in a build that has it, when the kernel's stream is on the CPU
-#: (ValueError; mlx/backend/cuda/custom_kernel.cpp for the default stream, Metal only for an
-#: explicit CPU stream, since it defaults a kernel to the GPU).
-_CANNOT_RUN_KERNEL = {
+#: MLX's errors for a custom kernel whose backend this build lacks, and what the test needs (probe
+#: §11): both constructors exist in every build, but a call raises where the backend is absent.
+_MISSING_BACKEND = {
     "[metal_kernel] No Metal back-end": "MLX's Metal backend for a custom kernel, which this "
     "build lacks",
     "[cuda_kernel] No CUDA back-end": "MLX's CUDA backend for a custom kernel, which this "
     "build lacks",
-    "[metal_kernel] Only supports the GPU": "a GPU stream for a custom kernel, and it was "
-    "called on the CPU",
-    "[custom_kernel] Only supports the GPU": "a GPU stream for a custom kernel, and it was "
-    "called on the CPU",
 }
+#: A CUDA build's error for a custom kernel on a CPU stream (mlx/backend/cuda/custom_kernel.cpp).
+#: With the CPU as the default device, that is where the run was told to compute; with a GPU as
+#: the default, the code asked for the CPU itself, a mistake on every machine. (Metal's kernel
+#: raises it only for an explicit CPU stream: it sends an unspecified one to the GPU.)
+_ON_THE_CPU = "[custom_kernel] Only supports the GPU"
 
 
-def missing_backend(exc: BaseException) -> str | None:
-    """What a custom kernel that raised ``exc`` needs and this run lacks, else None."""
-    if not isinstance(exc, (RuntimeError, ValueError)):
-        return None
+def kernel_cannot_run(exc: BaseException, default_device: str) -> str | None:
+    """What a custom kernel that raised ``exc`` needs and this run lacks, else None.
+
+    ``default_device`` is ``"cpu"`` or ``"gpu"``: MLX's default device type when it raised."""
     text = str(exc)
-    for prefix, needs in _CANNOT_RUN_KERNEL.items():
-        if text.startswith(prefix):
-            return needs
+    if isinstance(exc, RuntimeError):
+        for prefix, needs in _MISSING_BACKEND.items():
+            if text.startswith(prefix):
+                return needs
+    elif isinstance(exc, ValueError) and default_device == "cpu" and text.startswith(_ON_THE_CPU):
+        return "a GPU for a custom kernel, and this run's default device is the CPU"
     return None
 
 

@@ -688,12 +688,11 @@ class PerTest:
             self._parity_failed(exc)
             raise
         except (RuntimeError, ValueError) as exc:
-            needs = _mlx.missing_backend(exc) if variant.plan is not None else None
+            device = _mlx.core().default_device() if variant.plan is not None else None
+            needs = None if device is None else _mlx.kernel_cannot_run(exc, device.type.name)
             if needs is None:
                 raise
-            skip = pytest.skip.Exception(
-                f"needs {needs} (default device: {_mlx.core().default_device()}): {exc}"
-            )
+            skip = pytest.skip.Exception(f"needs {needs} (default device: {device}): {exc}")
             # keep the kernel call's traceback, so the skip points at the user's line
             raise skip.with_traceback(exc.__traceback__) from None
         self._after_call(item, variant)

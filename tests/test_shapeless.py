@@ -138,8 +138,8 @@ import pytest
 
 @mx.compile
 def launch(x):
-    # what a CUDA build raises for a custom kernel on the CPU device, and Metal for one given a
-    # CPU stream (mlx/backend/cuda/custom_kernel.cpp): this CPU-only build cannot raise it itself
+    # what a CUDA build raises for a custom kernel on a CPU stream
+    # (mlx/backend/cuda/custom_kernel.cpp); a CPU-only build cannot raise it itself
     raise ValueError("{message}")
 
 {marker}
@@ -148,8 +148,12 @@ def test_kernel():
 """
 
 
-def test_a_marked_test_whose_custom_kernel_ran_on_the_cpu_skips_with_the_reason(pytester, run):
-    pytest.importorskip("mlx.core")
+def test_a_marked_test_whose_custom_kernel_ran_on_the_default_cpu_skips_with_the_reason(
+    pytester, run
+):
+    mx = pytest.importorskip("mlx.core")
+    if mx.default_device() != mx.cpu:
+        pytest.skip("the CPU is not the default device here")
     pytester.makepyfile(
         GPU_STREAM_TEST.format(
             message="[custom_kernel] Only supports the GPU.", marker="@pytest.mark.compiled"
@@ -159,8 +163,8 @@ def test_a_marked_test_whose_custom_kernel_ran_on_the_cpu_skips_with_the_reason(
     result.assert_outcomes(skipped=1)
     result.stdout.fnmatch_lines(
         [
-            "SKIPPED [[]1[]] test_*.py:8: needs a GPU stream for a custom kernel, and it was "
-            "called on the CPU (default device: Device(*)): "
+            "SKIPPED [[]1[]] test_*.py:8: needs a GPU for a custom kernel, and this run's default "
+            "device is the CPU (default device: Device(cpu, 0)): "
             "[[]custom_kernel[]] Only supports the GPU."
         ]
     )
@@ -171,15 +175,34 @@ def test_a_marked_test_whose_custom_kernel_ran_on_the_cpu_skips_with_the_reason(
     [
         ("[custom_kernel] Only supports the GPU.", ""),
         ("[custom_kernel] Expected `output_dtypes` to have size 1", "@pytest.mark.compiled"),
+        # Metal sends a kernel without a stream to the GPU: this one asked for the CPU itself
+        ("[metal_kernel] Only supports the GPU.", "@pytest.mark.compiled"),
     ],
-    ids=["unmarked", "another kernel error"],
+    ids=["unmarked", "another kernel error", "metal given a cpu stream"],
 )
 def test_other_kernel_value_errors_and_unmarked_tests_still_fail(pytester, run, message, marker):
     pytest.importorskip("mlx.core")
     pytester.makepyfile(GPU_STREAM_TEST.format(message=message, marker=marker))
     result = run()
     result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines(["*ValueError: [[]custom_kernel[]]*"])
+    result.stdout.fnmatch_lines([f"*ValueError: [[]{message[1:].split(']')[0]}[]]*"])
+
+
+def test_a_custom_kernel_on_a_cpu_stream_is_skipped_only_where_the_cpu_is_the_default():
+    from pytest_mlxcompile._mlx import kernel_cannot_run
+
+    on_cpu = ValueError("[custom_kernel] Only supports the GPU.")
+    assert kernel_cannot_run(on_cpu, "cpu") == (
+        "a GPU for a custom kernel, and this run's default device is the CPU"
+    )
+    # with a GPU as the default, the code asked for the CPU: a mistake on every machine
+    assert kernel_cannot_run(on_cpu, "gpu") is None
+    assert kernel_cannot_run(ValueError("[metal_kernel] Only supports the GPU."), "cpu") is None
+    absent = RuntimeError("[cuda_kernel] No CUDA back-end.")
+    assert kernel_cannot_run(absent, "gpu") == (
+        "MLX's CUDA backend for a custom kernel, which this build lacks"
+    )
+    assert kernel_cannot_run(ValueError("[cuda_kernel] No CUDA back-end."), "cpu") is None
 
 
 SHAPELESS = """
