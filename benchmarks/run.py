@@ -660,11 +660,11 @@ def main(argv: list[str] | None = None) -> int:
         "one); --device cpu measures the CPU rows on a GPU machine's idle cores",
     )
     args = parser.parse_args(argv)
-    if args.device:
+    global DEVICE
+    DEVICE = args.device or ""
+    if DEVICE:
         import mlx.core as mx
 
-        global DEVICE
-        DEVICE = args.device
         mx.set_default_device(mx.Device(getattr(mx.DeviceType, DEVICE)))
     info = machine()
     rows: list[Row] = []
