@@ -19,4 +19,4 @@ def pytest_configure(config: pytest.Config) -> None:
     if name:
         import mlx.core as mx
 
-        mx.set_default_device(mx.Device(getattr(mx.DeviceType, name)))
+        mx.set_default_device(getattr(mx, name))  # mx.cpu / mx.gpu

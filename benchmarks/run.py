@@ -665,7 +665,7 @@ def main(argv: list[str] | None = None) -> int:
     if DEVICE:
         import mlx.core as mx
 
-        mx.set_default_device(mx.Device(getattr(mx.DeviceType, DEVICE)))
+        mx.set_default_device(getattr(mx, DEVICE))  # mx.cpu / mx.gpu
     info = machine()
     rows: list[Row] = []
     for part in args.only.split(","):

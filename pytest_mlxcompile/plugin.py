@@ -688,8 +688,10 @@ class PerTest:
             self._parity_failed(exc)
             raise
         except (RuntimeError, ValueError) as exc:
-            device = _mlx.core().default_device() if variant.plan is not None else None
-            needs = None if device is None else _mlx.kernel_cannot_run(exc, device.type.name)
+            if variant.plan is None:
+                raise
+            device = _mlx.core().default_device()
+            needs = _mlx.kernel_cannot_run(exc, device.type.name)
             if needs is None:
                 raise
             skip = pytest.skip.Exception(f"needs {needs} (default device: {device}): {exc}")
